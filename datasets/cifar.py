@@ -1,0 +1,89 @@
+"""CIFAR-10 and CIFAR-100 in torchvision's on-disk layout (the python pickle batches)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pllbench.data import DatasetInfo, Split, missing_dataset_error, register_dataset
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Loads the CIFAR batches (dicts of bytes, lists and numpy arrays) and refuses any other global."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        data = _ArrayOnlyUnpickler(fh, encoding="latin1").load()
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+
+
+class _Cifar:
+    folder: str
+    train_files: list[str]
+    test_files: list[str]
+    meta_file: str
+    names_key: str
+    labels_key: str
+    num_classes: int
+    mean: tuple
+    std: tuple
+    torchvision_class: str
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.name, self.num_classes, 3, 32, self.mean, self.std, "32", list(self._classes))
+
+    _classes: list[str] = []
+
+    def load(self, root: Path | None, download: bool) -> tuple[Split, Split]:
+        if root is None:
+            raise missing_dataset_error(self.name, [])
+        base = root / self.folder
+        if download:
+            import torchvision
+
+            getattr(torchvision.datasets, self.torchvision_class)(str(root), train=True, download=True)
+        needed = [base / f for f in self.train_files + self.test_files + [self.meta_file]]
+        if not all(p.is_file() for p in needed):
+            raise missing_dataset_error(self.name, [base])
+        self._classes = list(_unpickle(base / self.meta_file)[self.names_key])
+        return self._split(base, self.train_files), self._split(base, self.test_files)
+
+    def _split(self, base: Path, files: list[str]) -> Split:
+        images, labels = [], []
+        for name in files:
+            batch = _unpickle(base / name)
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch[self.labels_key])
+        return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long))
+
+
+@register_dataset("cifar10")
+class Cifar10(_Cifar):
+    folder = "cifar-10-batches-py"
+    train_files = [f"data_batch_{i}" for i in range(1, 6)]
+    test_files = ["test_batch"]
+    meta_file, names_key, labels_key = "batches.meta", "label_names", "labels"
+    num_classes, torchvision_class = 10, "CIFAR10"
+    mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+
+
+@register_dataset("cifar100")
+class Cifar100(_Cifar):
+    folder = "cifar-100-python"
+    train_files = ["train"]
+    test_files = ["test"]
+    meta_file, names_key, labels_key = "meta", "fine_label_names", "fine_labels"
+    num_classes, torchvision_class = 100, "CIFAR100"
+    mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)

@@ -1,0 +1,49 @@
+"""Oxford Flowers-102 in torchvision's layout: `flowers-102/{jpg/, imagelabels.mat, setid.mat}`.
+
+Runs train on the `train` split (10 per class) and test on `test`, as the CAD code; the candidate teacher
+alone also trains on `val` (candidates.md §3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pllbench.data import DatasetInfo, Split, decode_square, missing_dataset_error, register_dataset
+from pllbench.util import cache_root
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@register_dataset("flowers")
+class Flowers102:
+    def info(self) -> DatasetInfo:
+        import torchvision
+
+        return DatasetInfo("flowers", 102, 3, 224, *IMAGENET, "224", list(torchvision.datasets.Flowers102.classes))
+
+    def load(self, root: Path | None, download: bool, splits=("train", "test")) -> tuple[Split, ...]:
+        if root is None:
+            raise missing_dataset_error("flowers", [])
+        base = root / "flowers-102"
+        if download:
+            import torchvision
+
+            torchvision.datasets.Flowers102(str(root), split="train", download=True)
+        needed = [base / "jpg", base / "imagelabels.mat", base / "setid.mat"]
+        if not all(p.exists() for p in needed):
+            raise missing_dataset_error("flowers", [base])
+        from scipy.io import loadmat
+
+        set_ids = loadmat(base / "setid.mat", squeeze_me=True)
+        labels = loadmat(base / "imagelabels.mat", squeeze_me=True)["labels"]
+        keys = {"train": "trnid", "val": "valid", "test": "tstid"}
+        out = []
+        for split in splits:
+            ids = [int(i) for i in set_ids[keys[split]].reshape(-1)]
+            paths = [base / "jpg" / f"image_{i:05d}.jpg" for i in ids]
+            cache = cache_root() / "decoded" / f"flowers-{split}-{len(ids)}.npy"
+            images = decode_square(paths, cache_file=cache)
+            out.append(Split(images, torch.tensor([int(labels[i - 1]) - 1 for i in ids], dtype=torch.long)))
+        return tuple(out)

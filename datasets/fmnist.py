@@ -1,0 +1,71 @@
+"""Fashion-MNIST from a data root, Debian's `dataset-fashion-mnist`, or torchvision's download."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pllbench.data import DatasetInfo, Split, missing_dataset_error, register_dataset
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot"]
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped): magic, dims, then big-endian uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not a uint8 IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@register_dataset("fmnist")
+class FashionMNIST:
+    def info(self) -> DatasetInfo:
+        return DatasetInfo("fmnist", 10, 1, 28, (0.1307,) * 3, (0.3081,) * 3, "28", list(CLASSES))
+
+    def load(self, root: Path | None, download: bool) -> tuple[Split, Split]:
+        folders = []
+        if root is not None:
+            folders += [root / "FashionMNIST" / "raw", root / "fashion-mnist", root]
+        folders.append(DEBIAN_DIR)
+        if download:
+            if root is None:
+                raise missing_dataset_error("fmnist", folders, "--download needs --data-root or PLLBENCH_DATA.")
+            import torchvision
+
+            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        for folder in folders:
+            paths = {split: [_find(folder, stem) for stem in stems] for split, stems in FILES.items()}
+            if all(p is not None for pair in paths.values() for p in pair):
+                return tuple(self._split(*paths[s]) for s in ("train", "test"))
+        raise missing_dataset_error("fmnist", folders, "On Debian: apt-get install dataset-fashion-mnist.")
+
+    @staticmethod
+    def _split(images_path: Path, labels_path: Path) -> Split:
+        images = read_idx(images_path)
+        labels = read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"{images_path} and {labels_path} do not form an image/label pair")
+        return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))

@@ -1,0 +1,238 @@
+"""The shared training loop: one method, one dataset, one seed; resumable, atomic, method-agnostic."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .artifacts import git_commit
+from .errors import PllbenchError
+from .evaluate import accuracy, approximated_accuracy, covering_rate, predict_logits
+from .method import Batch, MethodContext, get_method, resolve_hparams
+from .prepare import Prepared
+from .presets import lr_at_epoch, method_overrides
+from .util import atomic_write_bytes, atomic_write_json, atomic_write_text, derive_seed, key_hash, sha256_bytes
+from .views import ViewMaker
+
+
+class NonFiniteLoss(PllbenchError):
+    pass
+
+
+def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epochs: int | None = None,
+                       val_fraction: float = 0.0) -> dict:
+    cls = get_method(method)
+    cfg = dict(prep.preset)
+    if epochs is not None:
+        cfg["epochs"] = int(epochs)
+    hp = resolve_hparams(cls, prep.data.info.name, method_overrides(cfg, cls.name, cls.family), hp_cli)
+    return {"method": method, "hparams": hp, "views": list(cls.views), "seed": int(seed),
+            "dataset": prep.dataset_key, "preset": cfg, "val_fraction": float(val_fraction),
+            "candidates": {"hash": prep.candidates.hash, "teacher": prep.teacher_hash,
+                           "mean_size": prep.candidates.report["size"]["mean"]}}
+
+
+def run_id(config: dict) -> str:
+    d = config["dataset"]["name"]
+    return f"{d}-{config['preset']['name']}/{config['method']}-s{config['seed']}-{key_hash(config, 8)}"
+
+
+def environment(device: torch.device) -> dict:
+    env = {"pllbench": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
+           "numpy": np.__version__, "platform": platform.platform(), "commit": git_commit(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+        env["threads"] = torch.get_num_threads()
+    return env
+
+
+def _save_checkpoint(run_dir: Path, epoch: int, state: dict) -> None:
+    """checkpoint-<epoch>.pt, then progress.json naming it with its checksum, then drop older checkpoints."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    name = f"checkpoint-{epoch:04d}.pt"
+    atomic_write_bytes(run_dir / name, data)
+    atomic_write_json(run_dir / "progress.json", {"epoch": epoch, "checkpoint": name, "sha256": sha256_bytes(data)})
+    for old in run_dir.glob("checkpoint-*.pt"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _load_checkpoint(run_dir: Path) -> dict | None:
+    progress = run_dir / "progress.json"
+    if not progress.exists():
+        return None
+    try:
+        info = json.loads(progress.read_text())
+        data = (run_dir / info["checkpoint"]).read_bytes()
+    except (OSError, ValueError, KeyError):
+        raise PllbenchError(f"checkpoint of {run_dir} is unreadable; delete {run_dir} to restart the run") from None
+    if sha256_bytes(data) != info["sha256"]:
+        raise PllbenchError(f"checkpoint {run_dir / info['checkpoint']} is corrupted (checksum mismatch); "
+                            f"delete {run_dir} to restart the run")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — any unpickling failure means the same thing
+        raise PllbenchError(f"checkpoint {run_dir / info['checkpoint']} cannot be loaded ({exc}); "
+                            f"delete {run_dir} to restart the run") from None
+
+
+def _write_predictions(path: Path, rows: list[tuple[str, int, torch.Tensor]], test_index, labels) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for tag, epoch, logits in rows:
+        logits = logits.float().cpu()
+        n = len(logits)
+        tables.append(pa.table({
+            "tag": pa.array([tag] * n), "epoch": pa.array(np.full(n, epoch, dtype=np.int32)),
+            "index": pa.array(np.asarray(test_index, dtype=np.int64)),
+            "y_true": pa.array(labels.cpu().numpy().astype(np.int32)),
+            "y_pred": pa.array(logits.argmax(1).numpy().astype(np.int32)),
+            "logits": pa.array(list(logits.numpy()), type=pa.list_(pa.float32())),
+        }))
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.concat_tables(tables), buffer)
+    atomic_write_bytes(path, buffer.getvalue().to_pybytes())
+
+
+def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device, progress: bool = True) -> dict:
+    """Train (or resume) one run into `run_dir`; returns final.json's content."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final_path = run_dir / "final.json"
+    if final_path.exists():
+        return json.loads(final_path.read_text())
+    atomic_write_json(run_dir / "config.json", {**config, "environment": environment(device)})
+    cfg, seed, hp = config["preset"], config["seed"], config["hparams"]
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    data, info = prep.data, prep.data.info
+    maker = ViewMaker(info)
+    train_images = data.train.images.to(device)
+    test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
+    cands = torch.from_numpy(prep.candidates.matrix).float().to(device)
+    n = len(cands)
+    train_rows = torch.arange(n)
+    val_rows = None
+    if config["val_fraction"] > 0:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("val", seed)))
+        n_val = max(1, round(config["val_fraction"] * n))
+        val_rows, train_rows = order[:n_val].sort().values, order[n_val:].sort().values
+    bs = cfg["batch_size"]
+    steps = len(train_rows) // bs
+    if steps == 0:
+        raise PllbenchError(f"batch size {bs} exceeds the {len(train_rows)} training rows")
+    ctx = MethodContext(num_classes=info.num_classes, num_train=n, candidates=cands, backbone=cfg["backbone"],
+                        proj_dim=cfg["proj_dim"], epochs=cfg["epochs"], steps_per_epoch=steps, batch_size=bs,
+                        dataset=info.name, views=maker, device=device)
+    torch.manual_seed(derive_seed("init", seed))
+    method = get_method(config["method"])(ctx, hp).to(device)
+
+    def make_optimizer():
+        return torch.optim.SGD(method.trainable_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                               weight_decay=cfg["weight_decay"])
+
+    optimizer = make_optimizer()
+    curves, start_epoch, selection = [], 0, {}
+    state = _load_checkpoint(run_dir)
+    if state is not None:
+        method.load_state_dict(state["method"])
+        if state.get("rebuilt_optimizer"):
+            optimizer = make_optimizer()
+        optimizer.load_state_dict(state["optimizer"])
+        curves, start_epoch, selection = state["curves"], state["epoch"], state["selection"]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(cfg["epochs"] - start_epoch) * steps, desc=run_id(config), leave=False, file=sys.stderr)
+    rebuilt = bool(state and state.get("rebuilt_optimizer"))
+    final_logits = None
+    for epoch in range(start_epoch, cfg["epochs"]):
+        started = time.time()
+        torch.manual_seed(derive_seed("epoch", seed, epoch))
+        gen = torch.Generator(device=device).manual_seed(derive_seed("views", seed, epoch))
+        order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(
+            derive_seed("order", seed, epoch)))].to(device)
+        if method.on_epoch_start(epoch):
+            optimizer, rebuilt = make_optimizer(), True
+        lr = lr_at_epoch(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        method.train()
+        sums: dict[str, torch.Tensor] = {}
+        size_sum = torch.zeros((), device=device)
+        for s in range(steps):
+            idx = order[s * bs:(s + 1) * bs]
+            images = train_images[idx]
+            batch = Batch({v: maker(images, v, gen) for v in method.views}, cands[idx], idx, epoch,
+                          epoch * steps + s)
+            with autocast:
+                losses = method.training_step(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            method.after_step(batch)
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0) + value.detach().float()
+            size_sum += batch.candidates.sum() / len(idx)
+            if bar is not None:
+                bar.update(1)
+        values = {k: float(v) / steps for k, v in sums.items()}
+        bad = [k for k, v in values.items() if not np.isfinite(v)]
+        if bad:
+            raise NonFiniteLoss(f"non-finite loss at epoch {epoch} ({', '.join(bad)})")
+        method.eval()
+        test_logits = predict_logits(method.predict, test_images, maker)
+        record = {"epoch": epoch, "lr": lr, "test_acc": float(accuracy(test_logits, test_labels)),
+                  "mean_size": float(size_sum) / steps, **{f"loss/{k}": v for k, v in values.items()}}
+        if val_rows is not None:
+            val_logits = predict_logits(method.predict, train_images[val_rows.to(device)], maker)
+            val_cands = cands[val_rows.to(device)]
+            for crit, fn in (("cr", covering_rate), ("aa", approximated_accuracy)):
+                value = float(fn(val_logits, val_cands))
+                record[f"val_{crit}"] = value
+                if crit not in selection or value >= selection[crit]["value"]:
+                    selection[crit] = {"value": value, "epoch": epoch, "test_acc": record["test_acc"],
+                                       "logits": test_logits.cpu()}
+        record["seconds"] = round(time.time() - started, 3)
+        record["samples_per_sec"] = round(steps * bs / max(record["seconds"], 1e-9), 1)
+        curves.append(record)
+        final_logits = test_logits
+        atomic_write_text(run_dir / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
+        _save_checkpoint(run_dir, epoch + 1, {"epoch": epoch + 1, "method": method.state_dict(),
+                                               "optimizer": optimizer.state_dict(), "curves": curves,
+                                               "selection": selection, "rebuilt_optimizer": rebuilt})
+    if bar is not None:
+        bar.close()
+    if final_logits is None:  # resumed after the last epoch's checkpoint but before final.json
+        method.eval()
+        final_logits = predict_logits(method.predict, test_images, maker)
+    rows = [("final", cfg["epochs"] - 1, final_logits)]
+    rows += [(f"select-{crit}", sel["epoch"], sel["logits"]) for crit, sel in selection.items()]
+    _write_predictions(run_dir / "predictions.parquet", rows, data.test_index, test_labels)
+    final = {"run": run_id(config), "method": config["method"], "dataset": info.name,
+             "preset": cfg["name"], "seed": seed, "test_acc": float(accuracy(final_logits, test_labels)),
+             "epochs": cfg["epochs"], "seconds": round(sum(r["seconds"] for r in curves), 2),
+             "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in selection.items()},
+             "candidates": config["candidates"]["hash"]}
+    torch.save(method.state_dict(), run_dir / "model.tmp")
+    (run_dir / "model.tmp").replace(run_dir / "model.pt")
+    atomic_write_json(final_path, final)
+    for old in run_dir.glob("checkpoint-*.pt"):
+        old.unlink(missing_ok=True)
+    (run_dir / "progress.json").unlink(missing_ok=True)
+    return final
