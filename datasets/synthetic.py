@@ -41,7 +41,8 @@ class Synthetic:
     def info(self) -> DatasetInfo:
         mean = (0.5,) * 3
         std = (0.25,) * 3
-        return DatasetInfo("synthetic", self.classes, self.channels, 224 if self.family == "224" else self.size, mean, std, self.family,
+        side = 224 if self.family == "224" else self.size
+        return DatasetInfo("synthetic", self.classes, self.channels, side, mean, std, self.family,
                            [f"class {c}" for c in range(self.classes)])
 
     def options(self) -> dict:

@@ -9,7 +9,6 @@ queues, which have no effect at λ = 0; `ref_forwards=false` also skips the stro
 
 from __future__ import annotations
 
-
 import torch
 
 from pllbench.losses import moco_loss, remove_self, soft_cross_entropy, weighted_contrastive_loss
@@ -42,6 +41,7 @@ def ref_mask(cands_anchor, cands_all, dist_anchor, dist_all) -> torch.Tensor:
 
 @register_method("dirk")
 class DIRK(Method):
+    summary = "DIRK (AAAI'24): EMA teacher, rectified confidences distilled by cross-entropy"
     views = ("cls", "strong")
     hparams = {"ref_weight": 0.0, "tau": 0.07, "tau_d": 0.4, "ema": 0.99, "queue_size": 4096, "prot_start": 1,
                "ref_forwards": True}
@@ -101,6 +101,7 @@ class DIRK(Method):
 
 @register_method("dirk-ref")
 class DIRKREF(DIRK):
+    summary = "DIRK-REF: DIRK plus the weighted contrastive representation term (lambda = 1)"
     views = ("cls", "weak", "strong")
     hparams = {**DIRK.hparams, "ref_weight": 1.0}
     family = "dirk"

@@ -19,6 +19,7 @@ def proden_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
 
 @register_method("proden")
 class PRODEN(Method):
+    summary = "PRODEN (ICML'20): self-training on a candidate-renormalised confidence bank"
     views = ("cls",)
     hparams: dict = {}
 

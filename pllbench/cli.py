@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -86,7 +85,7 @@ def list_cmd():
     click.echo("methods:")
     for name in method_names():
         cls = get_method(name)
-        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines()[0]
+        doc = cls.summary or (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         click.echo(f"  {name:<14} {doc}")
     click.echo("datasets:")
     for name in dataset_names():
@@ -144,7 +143,7 @@ def run(methods, dataset, preset, seeds, epochs, hp_items, val_fraction, candida
     from .method import check_unscoped_hp, get_method, method_names, parse_hp_overrides
     from .prepare import prepare
     from .presets import resolve_preset
-    from .trainer import run_id, resolve_run_config, train_run
+    from .trainer import resolve_run_config, run_id, train_run
     from .util import cache_root
 
     method_list = parse_list(methods, method_names(), "method")

@@ -26,6 +26,7 @@ class Batch:
     index: torch.Tensor  # B dataset rows (train split order)
     epoch: int
     step: int  # global step
+    generator: torch.Generator | None = None  # the run's seeded view generator (for views a method draws itself)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class MethodContext:
     batch_size: int
     dataset: str
     views: ViewMaker
+    train_images: torch.Tensor | None = None  # uint8 N×C×H×W on the device (images only; never labels)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def classifier(self) -> Classifier:
@@ -55,6 +57,7 @@ class Method(nn.Module):
     """Base class: override `training_step`; `after_step` and `on_epoch_start` are optional hooks."""
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for `pllbench list`
     family: ClassVar[str] = ""  # groups variants for preset overrides (e.g. every CAD ablation is "cad")
     views: ClassVar[tuple[str, ...]] = ("cls",)
     hparams: ClassVar[dict] = {}
@@ -115,8 +118,9 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    import pllbench.methods  # noqa: F401
     from importlib.metadata import entry_points
+
+    import pllbench.methods  # noqa: F401
 
     for ep in entry_points(group="pllbench.methods"):
         ep.load()

@@ -108,7 +108,7 @@ def teacher_logits(model: Classifier, images: torch.Tensor, info: DatasetInfo, d
     return torch.cat(out)
 
 
-def get_teacher(cache: "Path", dataset: dict, train: Split, train_spec: dict, info: DatasetInfo, recipe: dict,  # noqa: F821
+def get_teacher(cache: Path, dataset: dict, train: Split, train_spec: dict, info: DatasetInfo, recipe: dict,  # noqa: F821
                 device: torch.device, echo=print) -> tuple[Classifier, dict, str]:
     """The cached teacher for this (dataset, train rows, recipe); trains it on first use."""
     key = teacher_key(dataset, train_spec, recipe)

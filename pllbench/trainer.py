@@ -136,7 +136,7 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         raise PllbenchError(f"batch size {bs} exceeds the {len(train_rows)} training rows")
     ctx = MethodContext(num_classes=info.num_classes, num_train=n, candidates=cands, backbone=cfg["backbone"],
                         proj_dim=cfg["proj_dim"], epochs=cfg["epochs"], steps_per_epoch=steps, batch_size=bs,
-                        dataset=info.name, views=maker, device=device)
+                        dataset=info.name, views=maker, train_images=train_images, device=device)
     torch.manual_seed(derive_seed("init", seed))
     method = get_method(config["method"])(ctx, hp).to(device)
 
@@ -179,7 +179,7 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
             idx = order[s * bs:(s + 1) * bs]
             images = train_images[idx]
             batch = Batch({v: maker(images, v, gen) for v in method.views}, cands[idx], idx, epoch,
-                          epoch * steps + s)
+                          epoch * steps + s, gen)
             with autocast:
                 losses = method.training_step(batch)
             optimizer.zero_grad(set_to_none=True)
