@@ -23,6 +23,11 @@ class Flowers102:
 
         return DatasetInfo("flowers", 102, 3, 224, *IMAGENET, "224", list(torchvision.datasets.Flowers102.classes))
 
+    def teacher_split(self, root: Path | None) -> Split:
+        """train + val (2040 images): the teacher alone trains on val (candidates.md §3)."""
+        train, val = self.load(root, False, splits=("train", "val"))
+        return Split(torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]))
+
     def load(self, root: Path | None, download: bool, splits=("train", "test")) -> tuple[Split, ...]:
         if root is None:
             raise missing_dataset_error("flowers", [])

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pllbench.data import DatasetInfo, Split, missing_dataset_error, register_dataset
+from pllbench.errors import PllbenchError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -19,16 +20,19 @@ FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (optionally gzipped): magic, dims, then big-endian uint8 data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError):
+            raise PllbenchError(f"{path} is a damaged gzip file; delete it and fetch it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not a uint8 IDX file")
+        raise PllbenchError(f"{path} is not a uint8 IDX file")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+        raise PllbenchError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
     return data.reshape(dims)
 
 
@@ -67,5 +71,5 @@ class FashionMNIST:
         images = read_idx(images_path)
         labels = read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"{images_path} and {labels_path} do not form an image/label pair")
+            raise PllbenchError(f"{images_path} and {labels_path} do not form an image/label pair")
         return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))

@@ -116,11 +116,11 @@ def summarize(results: list[dict]) -> str:
     """Markdown table: method × mean ± std of final test accuracy (%) over seeds."""
     by_method: dict[str, list[float]] = {}
     for r in results:
-        by_method.setdefault(r["method"], []).append(100 * r["test_acc"])
+        by_method.setdefault(r.get("label", r["method"]), []).append(100 * r["test_acc"])
     lines = ["| method | test acc (%) | n | seeds |", "|---|---|---|---|"]
     for method, accs in by_method.items():
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        seeds = ",".join(str(r["seed"]) for r in results if r["method"] == method)
+        seeds = ",".join(str(r["seed"]) for r in results if r.get("label", r["method"]) == method)
         lines.append(f"| {method} | {statistics.mean(accs):.2f} ± {std:.2f} | {len(accs)} | {seeds} |")
     return "\n".join(lines)
 
@@ -140,9 +140,10 @@ def summarize(results: list[dict]) -> str:
 def run(methods, dataset, preset, seeds, epochs, hp_items, val_fraction, candidate_seed, runs_dir, no_progress,
         data_root, download, cache_dir, device):
     """Train methods on a dataset for each seed, then print a table of final accuracies."""
-    from .method import check_unscoped_hp, get_method, method_names, parse_hp_overrides
+    from .data import get_dataset
+    from .method import check_unscoped_hp, get_method, method_names, parse_hp_overrides, resolve_hparams
     from .prepare import prepare
-    from .presets import resolve_preset
+    from .presets import method_overrides, resolve_preset
     from .trainer import resolve_run_config, run_id, train_run
     from .util import cache_root
 
@@ -150,7 +151,12 @@ def run(methods, dataset, preset, seeds, epochs, hp_items, val_fraction, candida
     seed_list = parse_seeds(seeds)
     hp_cli = parse_hp_overrides(list(hp_items))
     check_unscoped_hp([get_method(m) for m in method_list], hp_cli)
-    resolve_preset(preset, dataset.partition(":")[0])
+    dataset_name = dataset.partition(":")[0]
+    get_dataset(dataset)  # validates the name and options
+    preset_cfg = resolve_preset(preset, dataset_name)
+    for name in method_list:  # validate every --hp before any expensive work
+        cls = get_method(name)
+        resolve_hparams(cls, dataset_name, method_overrides(preset_cfg, cls.name, cls.family), hp_cli)
     root, dev, cache = runs_root(runs_dir), _device(device), cache_root(cache_dir)
     results = []
     for seed in seed_list:
@@ -167,6 +173,9 @@ def run(methods, dataset, preset, seeds, epochs, hp_items, val_fraction, candida
             _echo_err(f"{run_id(config)}: test accuracy {100 * final['test_acc']:.2f}%")
             results.append(final)
     click.echo(summarize(results))
+
+
+cli.add_command(__import__("pllbench.entangle_cli", fromlist=["entangle"]).entangle)
 
 
 def main(argv=None) -> int:

@@ -98,7 +98,7 @@ def get_dataset(text: str):
         raise PllbenchError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(_DATASETS))}")
     try:
         return _DATASETS[name](**options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise PllbenchError(f"bad options for dataset {name!r}: {exc}") from None
 
 

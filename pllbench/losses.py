@@ -65,3 +65,9 @@ def remove_self(mask: torch.Tensor) -> torch.Tensor:
     mask = mask.clone()
     mask[torch.arange(n), torch.arange(n)] = 0
     return mask
+
+
+def candidate_argmax(values: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    """argmax_{j∈S_i} v_ij: non-candidates are excluded, not zeroed (the official `(v·Y).argmax` lets a
+    non-candidate win when every candidate value is negative, or when the candidates' softmax underflows)."""
+    return values.masked_fill(cands == 0, float("-inf")).argmax(dim=1)

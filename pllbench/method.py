@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -45,6 +46,11 @@ class MethodContext:
     views: ViewMaker
     train_images: torch.Tensor | None = None  # uint8 N×C×H×W on the device (images only; never labels)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Where the run's candidate artifact came from: artifacts keyed by it (CAD's edits) are looked up there.
+    cache_dir: Path | None = None
+    candidates_hash: str = ""
+    preset: str = ""
+    candidate_seed: int = 0
 
     def classifier(self) -> Classifier:
         return Classifier(build_backbone(self.backbone), self.num_classes)
@@ -90,6 +96,11 @@ class Method(nn.Module):
 
     def confidences(self) -> torch.Tensor | None:
         return None
+
+    @classmethod
+    def run_label(cls, hp: dict) -> str:
+        """The name leaderboards give a run with these hyperparameters (e.g. `cad[identity]`)."""
+        return cls.name
 
 
 _METHODS: dict[str, type[Method]] = {}

@@ -108,6 +108,23 @@ def _write_predictions(path: Path, rows: list[tuple[str, int, torch.Tensor]], te
     atomic_write_bytes(path, buffer.getvalue().to_pybytes())
 
 
+def make_batch(method, maker: ViewMaker, images, cands, idx, epoch: int, step: int, gen) -> Batch:
+    """The views a method declared, drawn batched from the run's generator, plus its candidate rows."""
+    batch_images = images[idx]
+    return Batch({v: maker(batch_images, v, gen) for v in method.views}, cands[idx], idx, epoch, step, gen)
+
+
+def train_step(method, optimizer, batch: Batch, autocast) -> dict:
+    """One optimisation step: the method's losses, backward, SGD step, then the method's after-step hook."""
+    with autocast:
+        losses = method.training_step(batch)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    method.after_step(batch)
+    return losses
+
+
 def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device, progress: bool = True) -> dict:
     """Train (or resume) one run into `run_dir`; returns final.json's content."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +153,9 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         raise PllbenchError(f"batch size {bs} exceeds the {len(train_rows)} training rows")
     ctx = MethodContext(num_classes=info.num_classes, num_train=n, candidates=cands, backbone=cfg["backbone"],
                         proj_dim=cfg["proj_dim"], epochs=cfg["epochs"], steps_per_epoch=steps, batch_size=bs,
-                        dataset=info.name, views=maker, train_images=train_images, device=device)
+                        dataset=info.name, views=maker, train_images=train_images, device=device,
+                        cache_dir=prep.candidates.path.parent.parent, candidates_hash=prep.candidates.hash,
+                        preset=cfg["name"], candidate_seed=int(prep.candidates.report["seed"]))
     torch.manual_seed(derive_seed("init", seed))
     method = get_method(config["method"])(ctx, hp).to(device)
 
@@ -177,15 +196,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         size_sum = torch.zeros((), device=device)
         for s in range(steps):
             idx = order[s * bs:(s + 1) * bs]
-            images = train_images[idx]
-            batch = Batch({v: maker(images, v, gen) for v in method.views}, cands[idx], idx, epoch,
-                          epoch * steps + s, gen)
-            with autocast:
-                losses = method.training_step(batch)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
-            method.after_step(batch)
+            batch = make_batch(method, maker, train_images, cands, idx, epoch, epoch * steps + s, gen)
+            losses = train_step(method, optimizer, batch, autocast)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0) + value.detach().float()
             size_sum += batch.candidates.sum() / len(idx)
@@ -224,7 +236,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
     rows = [("final", cfg["epochs"] - 1, final_logits)]
     rows += [(f"select-{crit}", sel["epoch"], sel["logits"]) for crit, sel in selection.items()]
     _write_predictions(run_dir / "predictions.parquet", rows, data.test_index, test_labels)
-    final = {"run": run_id(config), "method": config["method"], "dataset": info.name,
+    final = {"run": run_id(config), "method": config["method"],
+             "label": get_method(config["method"]).run_label(hp), "dataset": info.name,
              "preset": cfg["name"], "seed": seed, "test_acc": float(accuracy(final_logits, test_labels)),
              "epochs": cfg["epochs"], "seconds": round(sum(r["seconds"] for r in curves), 2),
              "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in selection.items()},

@@ -1,0 +1,80 @@
+"""ABLE (Xia et al., IJCAI 2022, "Ambiguity-induced contrastive learning for instance-dependent PLL").
+
+methods.md §4, official code AlphaXia/ABLE. One SupConNet with a PRODEN-style confidence bank s. The weak and strong
+views are forwarded together as one 2B batch (BN statistics over both). The contrastive term treats as positives of
+an anchor every batch sample predicted (argmax of p·Y) as one of the anchor's candidates, weighted by the anchor's
+bank confidence in that class and divided by that class's count in the batch; the weight rows are not normalised
+[official]. Both losses read the bank as it was; after the step the bank rows idx become nS(p) of the weak view.
+
+Deviations:
+- Fixed bug [D8]: the official contrastive weights read bank rows 0..B−1 (the position in the batch) instead of the
+  instances' dataset rows; pllbench reads rows idx (PLENCH keeps the bug).
+- The pseudo-label argmax_j p_j·Y_j is taken over the candidates' logits (identical unless the softmax of every
+  candidate underflows to 0, where the official product lets a non-candidate win).
+- The contrastive log-probability uses an exact logsumexp over b' ≠ a (the official subtracts the row max first,
+  which cancels).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pllbench.losses import candidate_argmax, renormalize, soft_cross_entropy
+from pllbench.method import Batch, Method, register_method
+from pllbench.methods.proden import proden_update
+
+
+def able_weights(bank_rows: torch.Tensor, cands: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """W_ib = s_{i,ŷ_b}·Y_{i,ŷ_b} / n_{ŷ_b} (B×B), n_c = #{b : ŷ_b = c}."""
+    counts = torch.bincount(pred, minlength=cands.shape[1]).to(bank_rows.dtype)
+    return bank_rows[:, pred] * cands[:, pred] / counts[pred][None, :]
+
+
+def able_contrastive_loss(feats: torch.Tensor, weights: torch.Tensor, tau: float,
+                          tau_base: float = 0.07) -> torch.Tensor:
+    """−(τ/τ_b)·mean_a Σ_b W'_ab·ℓ_ab over the 2B rows of f = [f^w; f^s].
+
+    W' tiles the B×B `weights` over both views with a zero diagonal; ℓ_ab = f_a·f_b/τ − log Σ_{b'≠a} e^{f_a·f_b'/τ}.
+    """
+    n = feats.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=feats.device)
+    tiled = weights.repeat(2, 2).masked_fill(self_mask, 0.0)
+    sim = feats @ feats.t() / tau
+    log_prob = sim - torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
+    return -(tau / tau_base) * (tiled * log_prob).sum(dim=1).mean()
+
+
+@register_method("able")
+class ABLE(Method):
+    summary = "ABLE (IJCAI'22): confidence-weighted contrastive positives from candidate-set predictions"
+    views = ("weak", "strong")
+    hparams = {"tau": 0.1, "cont_weight": 1.0}
+
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
+        self.net = ctx.supcon_net()
+        cands = ctx.candidates.float()
+        self.register_buffer("bank", renormalize(cands, cands).cpu())
+
+    def training_step(self, batch: Batch):
+        cands, b = batch.candidates, batch.candidates.shape[0]
+        logits, feats = self.net(torch.cat([batch.views["weak"], batch.views["strong"]]))
+        weak_logits = logits[:b]
+        rows = self.bank[batch.index]
+        loss_cls = soft_cross_entropy(weak_logits, rows)
+        weights = able_weights(rows, cands, candidate_argmax(weak_logits.detach().float(), cands))
+        loss_con = able_contrastive_loss(feats.float(), weights, self.hp["tau"])
+        self._new_rows = proden_update(weak_logits, cands)
+        return {"cls": loss_cls, "con": loss_con, "loss": loss_cls + self.hp["cont_weight"] * loss_con}
+
+    def after_step(self, batch: Batch):
+        self.bank[batch.index] = self._new_rows
+
+    def predict(self, x):
+        return self.net.logits(x)
+
+    def features(self, x):
+        return self.net.features(x)
+
+    def confidences(self):
+        return self.bank

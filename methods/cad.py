@@ -1,0 +1,152 @@
+"""CAD (CVPR'26): EMA-teacher weighted penalty distillation plus alignment over class-specific edits.
+
+methods.md §1 (official CAD code, a fork of DIRK; see methods/dirk.py). The teacher's confidences, renormalised
+separately over the candidates and the non-candidates (posneg), weight −log p on the candidates and −log(1 − p) on
+the non-candidates. One edit per instance and candidate label feeds a weighted contrastive loss whose positives are
+the edits of the same class (the other edits of the same image are hard negatives), weighted by the similarity of
+the teacher's logits on the edits; epoch < prot_start uses MoCo instead.
+
+Editors (hyperparameter `editor`): `ip2p` (the paper's, default) or any other stored edit artifact for the run's
+candidates (pllbench/edits.py; `edits` pins one by hash prefix), or `identity` (E_{i,s} = the base image, made on the
+fly; a control, labelled `cad[identity]` by `run_label`). Ablations: `-norl` (λ = 0, no edit forwards at all),
+`-noca` (no non-candidate term), `-noboth`.
+
+Deviations and choices [ours]:
+- log(1 − p) is computed exactly (pllbench.losses.log1m_softmax) instead of the official log(1 − p + 1e-20).
+- The official third student forward through the unused `fc_neg` head (it only moves BN statistics) is dropped.
+- Edits are keyed by the candidate artifact hash (official: by dataset only, so seeds ≠ 0 got mismatched edits).
+- The teacher and the student forward each input set separately (x^c, E^w, E^c for T; x^c, E^s for S), so every
+  forward normalises with its own batch statistics, as DIRK does for its views.
+- Edit views are drawn after the teacher's x^c forward, from the run's view generator, outside autocast.
+- A batch with more edits than queue rows (A > Q) stops with a one-line error instead of an assert.
+- How the paper implemented the ablations is unknown; the flags above are the project's reading (D5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pllbench.edits import open_edits
+from pllbench.errors import PllbenchError
+from pllbench.losses import log1m_softmax, moco_loss, remove_self, weighted_contrastive_loss
+from pllbench.method import Batch, Method, register_method
+from pllbench.nets import ema_update
+from pllbench.queue import RingQueue
+
+
+def posneg_weights(p: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    """ω: p renormalised over the candidates, and separately over the non-candidates (+1e-20; zero if none)."""
+    inside, outside = p * cands, p * (1 - cands)
+    return inside / inside.sum(dim=1, keepdim=True) + outside / (outside.sum(dim=1, keepdim=True) + 1e-20)
+
+
+def weighted_penalty_loss(logits: torch.Tensor, weights: torch.Tensor, cands: torch.Tensor,
+                          penalize_noncandidates: bool = True) -> torch.Tensor:
+    """(1/B)·Σ_i [−Σ_{j∈S_i} ω_ij·log p_ij − Σ_{j∉S_i} ω_ij·log(1 − p_ij)], the second sum optional."""
+    loss = -(weights * cands * F.log_softmax(logits, dim=1)).sum(dim=1)
+    if penalize_noncandidates:
+        loss = loss - (weights * (1 - cands) * log1m_softmax(logits)).sum(dim=1)
+    return loss.mean()
+
+
+def class_mask(anchor_labels: torch.Tensor, all_labels: torch.Tensor) -> torch.Tensor:
+    """M_ac = 1[l_a = l_c] with the self column removed (anchors are the first rows of the contrast set)."""
+    return remove_self((anchor_labels[:, None] == all_labels[None, :]).float())
+
+
+@register_method("cad")
+class CAD(Method):
+    summary = "CAD (CVPR'26): EMA-teacher weighted penalty + alignment over class-specific edits (stored edits)"
+    family = "cad"
+    views = ("cls",)
+    hparams = {"editor": "ip2p", "edits": "", "align_weight": 1.5, "penalize_noncandidates": True, "tau": 0.12,
+               "tau_d": 0.1, "ema": 0.99, "queue_size": 4096, "prot_start": 1}
+
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
+        self.student = ctx.supcon_net()
+        self.teacher = ctx.supcon_net()  # initialised separately, not copied [official]
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.align = hp["align_weight"] > 0
+        if self.align:
+            self.queue = RingQueue(hp["queue_size"], {"feat": ((ctx.proj_dim,), torch.float32, "unit"),
+                                                      "logit": ((ctx.num_classes,), torch.float32, "zeros"),
+                                                      "label": ((), torch.long, "minus_one")})
+            self.edit_source = self.open_edit_source()
+
+    @classmethod
+    def run_label(cls, hp: dict) -> str:
+        if hp["align_weight"] > 0 and hp["editor"] != "ip2p":
+            return f"{cls.name}[{hp['editor']}]"
+        return cls.name
+
+    def open_edit_source(self):
+        return open_edits(self.ctx, self.hp["editor"], self.hp["edits"])
+
+    def edits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(edits as float RGB in [0,1] (A×3×H×W), owner position in the batch, class id), store order."""
+        edits, owner, label = self.edit_source.gather(batch.index, batch.candidates)
+        return self.ctx.views.to_unit(edits), owner, label
+
+    def training_step(self, batch: Batch):
+        x_cls, cands = batch.views["cls"], batch.candidates
+        if self.align:
+            edits, owner, label = self.edits(batch)
+        with torch.no_grad():
+            self.teacher.train()
+            weights = posneg_weights(torch.softmax(self.teacher.logits(x_cls).float(), dim=1), cands)
+        loss_cls = weighted_penalty_loss(self.student.logits(x_cls).float(), weights, cands,
+                                         self.hp["penalize_noncandidates"])
+        if not self.align:
+            return {"cls": loss_cls, "loss": loss_cls}
+        if len(label) > self.queue.size:
+            raise PllbenchError(f"{self.name}: a batch has {len(label)} edits but queue_size is {self.queue.size}; "
+                                f"raise it with --hp queue_size=N")
+        with torch.autocast(edits.device.type, enabled=False):
+            e_weak, e_strong, e_cls = [self.ctx.views.from_unit(edits, view, batch.generator)
+                                       for view in ("weak", "strong", "cls")]
+        with torch.no_grad():
+            key = self.teacher.project(e_weak).float()
+            edit_logits = self.teacher.logits(e_cls).float()
+            snap = self.queue.snapshot()
+            self.queue.enqueue(feat=key, logit=edit_logits, label=label)
+        query = self.student.project(e_strong).float()
+        if batch.epoch >= self.hp["prot_start"]:
+            feats = torch.cat([query, key, snap["feat"]])
+            labels = torch.cat([label, label, snap["label"]])
+            dists = torch.cat([edit_logits, edit_logits, snap["logit"]])
+            loss_align = weighted_contrastive_loss(query, feats, class_mask(label, labels), dists, self.hp["tau"],
+                                                   self.hp["tau_d"])
+        else:
+            loss_align = moco_loss(query, key, snap["feat"], self.hp["tau"])
+        return {"cls": loss_cls, "align": loss_align, "loss": loss_cls + self.hp["align_weight"] * loss_align}
+
+    def after_step(self, batch: Batch):
+        ema_update(self.teacher, self.student, self.hp["ema"])
+
+    def predict(self, x):
+        return self.student.logits(x)
+
+    def features(self, x):
+        return self.student.features(x)
+
+
+ABLATIONS = {
+    "norl": ({"align_weight": 0.0}, "without the alignment term (lambda = 0, no edit forwards)"),
+    "noca": ({"penalize_noncandidates": False}, "without the non-candidate penalty term"),
+    "noboth": ({"align_weight": 0.0, "penalize_noncandidates": False}, "without both terms"),
+}
+
+
+def register_ablations(base: type[CAD]) -> None:
+    """Register `<base>-norl`, `<base>-noca` and `<base>-noboth` as hyperparameter variants of `base`."""
+    for suffix, (overrides, what) in ABLATIONS.items():
+        variant = type(f"{base.__name__}_{suffix}", (base,), {
+            "__module__": base.__module__, "__doc__": f"{base.name} {what}.",
+            "summary": f"{base.name} ablation: {what}", "hparams": {**base.hparams, **overrides}})
+        register_method(f"{base.name}-{suffix}")(variant)
+
+
+register_ablations(CAD)

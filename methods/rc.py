@@ -1,0 +1,47 @@
+"""RC (Feng et al., NeurIPS 2020, "Provably consistent partial-label learning"): risk-consistent reweighting.
+
+methods.md §8. PRODEN's loss on a confidence bank s (initialised Y/|S|), but the bank is refreshed **once per epoch**
+[ours, following the original's per-epoch update; PLENCH updates per batch]: during an epoch the detached nS(p_i) of
+every visited row is written to a pending copy, and at the epoch's last step the bank takes the pending copy. Rows
+that drop_last skipped this epoch keep their old value (their pending row still equals the bank row).
+Deviation [ours, shared bank step order]: p comes from this step's pre-step outputs, not a second forward.
+"""
+
+from __future__ import annotations
+
+from pllbench.losses import renormalize, soft_cross_entropy
+from pllbench.method import Batch, Method, register_method
+from pllbench.methods.proden import proden_update
+
+
+@register_method("rc")
+class RC(Method):
+    summary = "RC (NeurIPS'20): risk-consistent confidence reweighting, bank refreshed once per epoch"
+    views = ("cls",)
+    hparams: dict = {}
+
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
+        self.net = ctx.classifier()
+        cands = ctx.candidates.float()
+        self.register_buffer("bank", renormalize(cands, cands).cpu())
+        self.register_buffer("pending", self.bank.clone())
+
+    def training_step(self, batch: Batch):
+        logits = self.net(batch.views["cls"])
+        self._new_rows = proden_update(logits, batch.candidates)
+        return {"loss": soft_cross_entropy(logits, self.bank[batch.index])}
+
+    def after_step(self, batch: Batch):
+        self.pending[batch.index] = self._new_rows
+        if (batch.step + 1) % self.ctx.steps_per_epoch == 0:  # the epoch's last step: commit
+            self.bank.copy_(self.pending)
+
+    def predict(self, x):
+        return self.net(x)
+
+    def features(self, x):
+        return self.net.features(x)
+
+    def confidences(self):
+        return self.bank

@@ -1,0 +1,595 @@
+"""Entangled subsets (entanglement.md): the most similar cross-class pairs of a split under a fixed extractor.
+
+Pure functions first: the exact blockwise top-k of cross-class pairs by cosine (§5), k_p from a decimal p (§2),
+threshold counts, per-p statistics (§3), candidate sharing (§6) and center distance (§4). Then the feature
+extractors (`teacher`, `timm:NAME[@FILE]`, `ckpt:RUN_DIR`) and the content-addressed "entangled" artifact.
+
+Pairs are stored as positions in the split (rows of the preset's subset); `index.npy` maps positions to rows of
+the full split, the `index` column of predictions.parquet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .artifacts import load_or_build
+from .errors import PllbenchError
+from .util import key_hash, sha256_array, sha256_bytes, sha256_file
+
+ENTANGLE_VERSION = "entangled-v1"
+DEFAULT_TOP = "0.1,0.01,0.001"
+DEFAULT_THRESHOLDS = "0.9"
+DEFAULT_BLOCK = 4096
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing and counting
+
+
+def parse_top(text: str) -> list[tuple[str, Fraction]]:
+    """'0.1,0.01' → [(label, exact p)], largest p first; p is read as a decimal, never through a float."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise PllbenchError(f"malformed --top {text!r}: expected percentages like 0.1,0.01,0.001")
+    out: dict[Fraction, str] = {}
+    for item in items:
+        try:
+            dec = Decimal(item)
+        except InvalidOperation:
+            raise PllbenchError(f"malformed --top {text!r}: {item!r} is not a decimal percentage like 0.1") from None
+        if not dec.is_finite() or not 0 < dec <= 100:
+            raise PllbenchError(f"--top {item}: a percentage must be greater than 0 and at most 100")
+        out.setdefault(Fraction(dec), format(dec.normalize(), "f"))
+    return [(label, p) for p, label in sorted(out.items(), reverse=True)]
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """'0.9,0.5' → sorted distinct finite cosines."""
+    values = []
+    for item in (s.strip() for s in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise PllbenchError(f"malformed --threshold {text!r}: {item!r} is not a number") from None
+        if not math.isfinite(value):
+            raise PllbenchError(f"--threshold {item}: a threshold must be a finite number")
+        values.append(value)
+    return sorted(set(values), reverse=True)
+
+
+def k_for_p(p: Fraction, num_pairs: int) -> int:
+    """k_p = ceil(p·P/100), exactly."""
+    return math.ceil(Fraction(p) * num_pairs / 100)
+
+
+def cross_class_pair_count(labels) -> int:
+    """P = N(N−1)/2 − Σ_c n_c(n_c−1)/2, in Python integers."""
+    labels = np.asarray(torch.as_tensor(labels).cpu())
+    n = len(labels)
+    counts = np.bincount(labels).tolist() if n else []
+    return n * (n - 1) // 2 - sum(c * (c - 1) // 2 for c in counts)
+
+
+def l2_normalize(features: torch.Tensor) -> torch.Tensor:
+    """f ← f / max(‖f‖, 1e-12), row-wise."""
+    return F.normalize(features, dim=1, eps=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact blockwise top-k (§5)
+
+
+@dataclass
+class TopPairs:
+    """The first k cross-class pairs in the order (−s, i, j), as three arrays, and n(τ) per threshold."""
+
+    scores: torch.Tensor  # k, non-increasing
+    rows: torch.Tensor  # i (int64), i < j
+    cols: torch.Tensor  # j (int64)
+    counts: dict[float, int]
+
+
+@contextlib.contextmanager
+def _exact_matmul(device: torch.device):
+    """Plain fp32/fp64 products: no TF32, no autocast, whatever the caller set."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _first_k(scores, rows, cols, k: int, n: int):
+    """Sort by (−s, i, j) and keep the first k: (i, j) first, then a stable sort on −s."""
+    order = torch.argsort(rows * n + cols)
+    order = order[torch.argsort(-scores[order], stable=True)][:k]
+    return scores[order], rows[order], cols[order]
+
+
+def _block_floor(block: torch.Tensor, k: int) -> float:
+    """A score v with at least k valid entries ≥ v in the block (so the global k-th best is ≥ v), or −max float.
+
+    Taken as the k-th best of each row's top ⌈k/R⌉ entries, it spares the first blocks, seen before k pairs are
+    known, from extracting every one of their R·C entries.
+    """
+    per_row = min(block.shape[1], -(-k // block.shape[0]))
+    tops = block.topk(per_row, dim=1, sorted=False).values.flatten()
+    tops = tops[tops > -math.inf]
+    if len(tops) < k:
+        return torch.finfo(block.dtype).min
+    return float(torch.topk(tops, k, sorted=False).values.min())
+
+
+@torch.no_grad()
+def top_cross_class_pairs(features: torch.Tensor, labels: torch.Tensor, k: int, thresholds=(),
+                          row_block: int = DEFAULT_BLOCK, col_block: int = DEFAULT_BLOCK) -> TopPairs:
+    """Exact top-k of cross-class pairs by s_ij = f_i·f_j with ties by (i, j), and n(τ) = #{s > τ}, in R×C blocks.
+
+    `features` are used as given (normalise them first); the products use their dtype on their device, so float32
+    accumulates in float32 and float64 in float64. Extra memory is O(k + R·C + (R + C)·d + N).
+    Rows and columns are visited in class-sorted order (each block gathers its rows), which makes each block's
+    same-class entries a few rectangles (filled with −inf) instead of a full-block mask; every unordered pair is
+    still visited exactly once, and ties are resolved on the original (i, j).
+    """
+    if features.ndim != 2 or not features.is_floating_point():
+        raise PllbenchError("features must be a floating N×d matrix")
+    n = len(features)
+    if labels.shape != (n,):
+        raise PllbenchError(f"labels have shape {tuple(labels.shape)}, expected ({n},)")
+    if k < 1 or row_block < 1 or col_block < 1:
+        raise PllbenchError("k and the block sizes must be positive")
+    if not bool(torch.isfinite(features).all()):
+        raise PllbenchError("features contain NaN or infinite values")
+    device, dtype = features.device, features.dtype
+    thresholds = [float(t) for t in thresholds]
+    labels = labels.to(device=device, dtype=torch.long)
+    order = torch.argsort(labels, stable=True)
+    _, sizes = torch.unique_consecutive(labels[order], return_counts=True)
+    ends = torch.cumsum(sizes, 0).tolist()
+    spans = list(zip([0] + ends[:-1], ends))  # class c occupies sorted positions [a, b)
+    floor = torch.finfo(dtype).min  # below every finite score, above the −inf of excluded entries
+    kth = floor
+    best_s = torch.empty(0, dtype=dtype, device=device)
+    best_i = torch.empty(0, dtype=torch.long, device=device)
+    best_j = torch.empty(0, dtype=torch.long, device=device)
+    counts = torch.zeros(len(thresholds), dtype=torch.long, device=device)
+    buffer = torch.empty(min(row_block, n), min(col_block, n), dtype=dtype, device=device)
+    with _exact_matmul(device):
+        for r0 in range(0, n, row_block):
+            r1 = min(n, r0 + row_block)
+            row_feats = features[order[r0:r1]]
+            for c0 in range((r0 // col_block) * col_block, n, col_block):
+                c1 = min(n, c0 + col_block)
+                if c1 - 1 <= r0:  # no sorted position q > p in this block
+                    continue
+                block = buffer[:r1 - r0, :c1 - c0]
+                col_feats = row_feats if (c0, c1) == (r0, r1) else features[order[c0:c1]]
+                torch.mm(row_feats, col_feats.T, out=block)
+                for a, b in spans:
+                    if a < r1 and b > r0 and a < c1 and b > c0:
+                        block[max(a, r0) - r0:min(b, r1) - r0, max(a, c0) - c0:min(b, c1) - c0] = -math.inf
+                if c0 <= r1 - 1:  # the block meets the diagonal: drop q ≤ p
+                    p = torch.arange(r0, r1, device=device)[:, None]
+                    q = torch.arange(c0, c1, device=device)[None, :]
+                    block.masked_fill_(q <= p, -math.inf)
+                for t, tau in enumerate(thresholds):
+                    counts[t] += torch.count_nonzero(block > tau)
+                if len(best_s) < k:
+                    kth = max(kth, _block_floor(block, k))
+                hit_rows = torch.nonzero(block.amax(dim=1) >= kth).squeeze(1)
+                if len(hit_rows) == 0:
+                    continue
+                sub = block[hit_rows]
+                rr, cc = torch.nonzero(sub >= kth, as_tuple=True)
+                scores = sub[rr, cc]
+                if len(scores) > k:  # keep the block's own top k, ties at its k-th value included
+                    keep = scores >= torch.topk(scores, k, sorted=False).values.min()
+                    scores, rr, cc = scores[keep], rr[keep], cc[keep]
+                pi, qj = order[r0 + hit_rows[rr]], order[c0 + cc]
+                best_s, best_i, best_j = _first_k(torch.cat([best_s, scores]),
+                                                  torch.cat([best_i, torch.minimum(pi, qj)]),
+                                                  torch.cat([best_j, torch.maximum(pi, qj)]), k, n)
+                if len(best_s) == k:
+                    kth = float(best_s[-1])
+    return TopPairs(best_s, best_i, best_j, dict(zip(thresholds, counts.tolist())))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-p statistics (§3), candidate sharing (§6), center distance (§4)
+
+
+def subset_instances(rows, cols) -> np.ndarray:
+    """U: the sorted unique instances of the selected pairs."""
+    return np.unique(np.concatenate([np.asarray(rows), np.asarray(cols)]))
+
+
+def subset_accuracy(instances, y_true, y_pred) -> float:
+    """(1/|U|)·Σ_{i∈U} 1[ŷ_i = y_i], each instance once."""
+    instances = np.asarray(instances)
+    return float((np.asarray(y_pred)[instances] == np.asarray(y_true)[instances]).mean())
+
+
+def class_pairs_top(rows, cols, labels, limit: int = 5) -> list[dict]:
+    """The most frequent unordered class pairs {y_i, y_j} among the pairs, ties by (a, b)."""
+    labels = np.asarray(labels)
+    a, b = labels[np.asarray(rows)], labels[np.asarray(cols)]
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+    if not len(pairs):
+        return []
+    unique, counts = np.unique(pairs, axis=0, return_counts=True)
+    ranked = sorted(zip((-counts).tolist(), unique[:, 0].tolist(), unique[:, 1].tolist()))[:limit]
+    return [{"pair": [a, b], "count": -c} for c, a, b in ranked]
+
+
+def sharing_flags(rows, cols, labels, candidates) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: mutual (y_j ∈ S_i and y_i ∈ S_j) and any (or)."""
+    rows, cols, labels = np.asarray(rows), np.asarray(cols), np.asarray(labels)
+    cands = np.asarray(candidates).astype(bool)
+    forward, backward = cands[rows, labels[cols]], cands[cols, labels[rows]]
+    return forward & backward, forward | backward
+
+
+def sharing_all_pairs(labels, candidates) -> tuple[Fraction, Fraction]:
+    """(mutual_all, any_all) over every cross-class pair, in closed form from m_ab = #{i: y_i = a, b ∈ S_i}."""
+    labels = np.asarray(labels)
+    cands = np.asarray(candidates).astype(np.int64)
+    num_classes = cands.shape[1]
+    n = np.bincount(labels, minlength=num_classes).tolist()
+    m = (np.eye(num_classes, dtype=np.int64)[labels].T @ cands).tolist()
+    total = cross_class_pair_count(labels)
+    if total == 0:
+        raise PllbenchError("the split has no cross-class pair")
+    mutual = any_ = 0
+    for a in range(num_classes):
+        for b in range(a + 1, num_classes):
+            mutual += m[a][b] * m[b][a]
+            any_ += n[a] * n[b] - (n[a] - m[a][b]) * (n[b] - m[b][a])
+    return Fraction(mutual, total), Fraction(any_, total)
+
+
+def class_centroids(features, labels) -> torch.Tensor:
+    """μ_c = the mean of the L2-normalised features of class c (not re-normalised), for the classes present,
+    in ascending class order (float64)."""
+    feats = l2_normalize(torch.as_tensor(features).double().cpu())
+    _, inverse = torch.unique(torch.as_tensor(labels).long().cpu(), return_inverse=True)
+    sums = torch.zeros(int(inverse.max()) + 1, feats.shape[1], dtype=torch.float64).index_add_(0, inverse, feats)
+    return sums / torch.bincount(inverse).double()[:, None]
+
+
+def center_distance(features, labels) -> float:
+    """CD = (2/(K(K−1)))·Σ_{a<b} ‖μ_a − μ_b‖ over the K classes present (§4)."""
+    centroids = class_centroids(features, labels)
+    if len(centroids) < 2:
+        raise PllbenchError("center distance needs at least two classes")
+    return float(torch.pdist(centroids).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feature extractors (§1)
+
+
+@dataclass
+class Extractor:
+    """`features(images)`: uint8 N×C×H×W → float32 N×d on the CPU; `identity` enters the subset cache key."""
+
+    name: str  # short id, e.g. "teacher", "timm:efficientnet_lite0", "ckpt:<run id>"
+    identity: dict
+    features: Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def batched_features(fn, images: torch.Tensor, prepare, device: torch.device, batch_size: int = 500) -> torch.Tensor:
+    """fn(prepare(uint8 batch on device)) over the images, float32 on the CPU."""
+    return torch.cat([fn(prepare(images[s:s + batch_size].to(device))).float().cpu()
+                      for s in range(0, len(images), batch_size)])
+
+
+def teacher_extractor(cache: Path, dataset_key: dict, teacher_train, info, preset_cfg: dict, device: torch.device,
+                      echo=print) -> Extractor:
+    """The candidate teacher of (dataset, preset), as prepare() builds it; eval mode, penultimate layer."""
+    from .teacher import get_teacher
+    from .views import ViewMaker
+
+    recipe = preset_cfg["teacher"]
+    spec = {"split": "teacher-train", "n": len(teacher_train)}  # the same spec prepare() passes
+    model, t_key, t_sha = get_teacher(cache, dataset_key, teacher_train, spec, info, recipe, device, echo)
+    model.eval()
+    maker = ViewMaker(info)
+    identity = {"name": "teacher", "arch": recipe["arch"], "teacher_key": key_hash(t_key), "weights_sha256": t_sha}
+    return Extractor("teacher", identity,
+                     lambda images: batched_features(model.features, images, lambda x: maker(x, "base", None),
+                                                     device))
+
+
+def dataset_text(dataset_key: dict) -> str:
+    """The CLI form of a dataset key: name or name:k=v,..."""
+    options = dataset_key.get("options") or {}
+    return dataset_key["name"] + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
+
+
+def run_candidates(config: dict, cache: Path) -> np.ndarray:
+    """The run's candidate matrix (uint8 N×K), from its content-addressed artifact, checksums verified."""
+    from .artifacts import verify
+
+    digest = config["candidates"]["hash"]
+    folder = Path(cache) / "candidates" / digest
+    if not (folder / "meta.json").is_file():
+        raise PllbenchError(f"candidate artifact {digest} of run {config['method']}-s{config['seed']} is not in the "
+                            f"cache {cache}; pass the --cache-dir the run used")
+    verify(folder, "candidates", json.loads((folder / "meta.json").read_text())["key"])
+    return np.load(folder / "candidates.npy", allow_pickle=False)
+
+
+def load_run_method(run_dir: Path, cache: Path, device: torch.device, data_root=None):
+    """Rebuild a finished run's method from config.json and load model.pt; returns (method, config, data)."""
+    from .method import MethodContext, get_method
+    from .prepare import load_data
+    from .views import ViewMaker
+
+    run_dir = Path(run_dir)
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise PllbenchError(f"{run_dir} is not a pllbench run folder (no readable config.json)") from None
+    if not (run_dir / "model.pt").is_file():
+        raise PllbenchError(f"run {run_dir} has no model.pt (unfinished, or trained before models were saved)")
+    cands = torch.from_numpy(run_candidates(config, cache)).float().to(device)
+    info, data, _, dataset_key = load_data(dataset_text(config["dataset"]), config["preset"]["name"], data_root)
+    if dataset_key != config["dataset"] or len(data.train) != len(cands):
+        raise PllbenchError(f"run {run_dir} was trained on other data than {dataset_text(config['dataset'])} "
+                            f"with preset {config['preset']['name']} gives now")
+    cfg = config["preset"]
+    n = len(cands)
+    n_val = max(1, round(config["val_fraction"] * n)) if config.get("val_fraction", 0) > 0 else 0
+    ctx = MethodContext(num_classes=info.num_classes, num_train=n, candidates=cands, backbone=cfg["backbone"],
+                        proj_dim=cfg["proj_dim"], epochs=cfg["epochs"],
+                        steps_per_epoch=max(1, (n - n_val) // cfg["batch_size"]), batch_size=cfg["batch_size"],
+                        dataset=info.name, views=ViewMaker(info), train_images=data.train.images.to(device),
+                        device=device)
+    method = get_method(config["method"])(ctx, config["hparams"]).to(device)
+    try:
+        state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
+        method.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 — unreadable or mismatched weights mean the same to the user
+        raise PllbenchError(f"model.pt of {run_dir} cannot be loaded into {config['method']} ({exc})") from None
+    method.eval()
+    return method, config, data
+
+
+def method_features(method, images: torch.Tensor, info, device: torch.device) -> torch.Tensor:
+    """A trained method's `features()` on the base view (eval mode)."""
+    from .views import ViewMaker
+
+    maker = ViewMaker(info)
+    method.eval()
+    return batched_features(method.features, images, lambda x: maker(x, "base", None), device)
+
+
+def ckpt_extractor(path: str, cache: Path, device: torch.device, data_root=None) -> Extractor:
+    """A pllbench run folder: its method's `features()`."""
+    from .trainer import run_id
+
+    run_dir = Path(path).expanduser()
+    method, config, data = load_run_method(run_dir, cache, device, data_root)
+    name = f"ckpt:{run_id(config)}"
+    identity = {"name": name, "method": config["method"], "dataset": config["dataset"],
+                "weights_sha256": sha256_file(run_dir / "model.pt")}
+    info = data.info
+    return Extractor(name, identity, lambda images: method_features(method, images, info, device))
+
+
+def _weights_file_state(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise PllbenchError(f"weights file {path} holds no state dict")
+    return state
+
+
+def assign_by_position(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Load tensors whose names differ from the model's by order and shape (integer scalars such as BN's
+    num_batches_tracked are skipped on both sides)."""
+
+    def counter(value) -> bool:
+        return value.ndim == 0 and not value.is_floating_point()
+
+    target = model.state_dict()
+    names = [k for k, v in target.items() if not counter(v)]
+    tensors = [(k, v) for k, v in state.items() if torch.is_tensor(v) and not counter(v)]
+    if len(tensors) != len(names):
+        raise PllbenchError(f"{source} holds {len(tensors)} tensors, the model has {len(names)}; they cannot be "
+                            f"matched by position")
+    for (src, value), name in zip(tensors, names):
+        if value.shape != target[name].shape:
+            raise PllbenchError(f"{source}: tensor {src} {tuple(value.shape)} does not fit {name} "
+                                f"{tuple(target[name].shape)} at the same position")
+    model.load_state_dict({name: value for (_, value), name in zip(tensors, names)}, strict=False)
+
+
+def _state_sha(model: torch.nn.Module) -> str:
+    """sha256 of the model's serialised state dict (hub weights have no file of ours to hash)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+    return sha256_bytes(buffer.getvalue())
+
+
+def timm_extractor(spec: str, device: torch.device) -> Extractor:
+    """`NAME[@FILE]`: a timm model with local weights only; pre-logits features; its default eval transform."""
+    name, _, weights = spec.partition("@")
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise PllbenchError(f"extractor timm:{spec} needs the timm package, which is not installed "
+                            f"(pip install timm)") from None
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise PllbenchError(f"extractor timm:{spec}: weights file {path} not found")
+        try:
+            model = timm.create_model(name, pretrained=False)
+        except Exception as exc:  # noqa: BLE001 — timm raises RuntimeError/ValueError/KeyError for unknown names
+            raise PllbenchError(f"extractor timm:{spec}: timm cannot build {name!r} ({exc})") from None
+        assign_by_position(model, _weights_file_state(path), f"weights file {path}")
+        weights_sha = sha256_file(path)
+    else:
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as exc:  # noqa: BLE001 — any hub/cache failure means the weights are not local
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PllbenchError(f"extractor timm:{name}: pretrained weights do not resolve from local files "
+                                f"(HF_HUB_OFFLINE=1: {first}); pass timm:{name}@/path/to/weights") from None
+        weights_sha = _state_sha(model)
+    model.eval().to(device)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    transform = timm_eval_transform(cfg)
+    identity = {"name": f"timm:{name}", "weights_sha256": weights_sha,
+                "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(cfg.items())}}
+
+    def pre_logits(x):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    return Extractor(f"timm:{name}", identity, lambda images: batched_features(pre_logits, images, transform, device))
+
+
+def timm_eval_transform(cfg: dict):
+    """timm's default eval transform on uint8 tensor batches: resize the shorter side to size/crop_pct,
+    centre crop, normalise (gray replicated to 3 channels)."""
+    _, height, width = cfg["input_size"]
+    crop_pct = cfg.get("crop_pct") or 1.0
+    mode = "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear"
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+
+    def transform(images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        short = math.floor(min(height, width) / crop_pct)
+        h, w = x.shape[-2:]
+        scale = short / min(h, w)
+        x = F.interpolate(x, size=(max(short, round(h * scale)), max(short, round(w * scale))), mode=mode,
+                          align_corners=False, antialias=True).clamp(0, 1)
+        top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+        x = x[..., top:top + height, left:left + width]
+        return (x - mean.to(x.device)) / std.to(x.device)
+
+    return transform
+
+
+def make_extractor(spec: str, *, cache: Path, device: torch.device, teacher: Callable[[], Extractor],
+                   data_root=None) -> Extractor:
+    """Parse --extractor: teacher (default), timm:NAME[@FILE], ckpt:RUN_DIR."""
+    kind, sep, rest = spec.partition(":")
+    if spec == "teacher":
+        return teacher()
+    if kind == "timm" and sep and rest.partition("@")[0]:
+        return timm_extractor(rest, device)
+    if kind == "ckpt" and sep and rest:
+        return ckpt_extractor(rest, cache, device, data_root)
+    raise PllbenchError(f"unknown --extractor {spec!r}; use teacher, timm:NAME[@WEIGHTS_FILE] or ckpt:RUN_DIR")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The "entangled" artifact
+
+
+@dataclass
+class Subsets:
+    """A cached analysis of one (split, extractor): the ranked pairs (positions in the split) and their summary."""
+
+    path: Path
+    hash: str
+    summary: dict
+    scores: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    index: np.ndarray  # position → row of the full split
+
+    def pairs(self, label: str) -> tuple[np.ndarray, np.ndarray]:
+        k = self.summary["top"][label]["pairs"]
+        return self.rows[:k], self.cols[:k]
+
+    def instances(self, label: str) -> np.ndarray:
+        return subset_instances(*self.pairs(label))
+
+
+def subset_key(dataset_key: dict, split: str, index: np.ndarray, extractor: Extractor, top, thresholds,
+               dtype: torch.dtype) -> dict:
+    return {"kind": "entangled", "dataset": dataset_key, "split": split, "n": int(len(index)),
+            "index_sha256": sha256_array(np.asarray(index, dtype=np.int64)), "extractor": extractor.identity,
+            "top": [label for label, _ in top], "thresholds": [float(t) for t in thresholds],
+            "dtype": str(dtype).removeprefix("torch."), "version": ENTANGLE_VERSION}
+
+
+def summarize_subsets(top_pairs: TopPairs, labels, top, num_pairs: int) -> dict:
+    """§3's per-p fields that need no predictions, plus n(τ)."""
+    rows, cols = top_pairs.rows.cpu().numpy(), top_pairs.cols.cpu().numpy()
+    scores = top_pairs.scores.cpu().numpy()
+    labels = np.asarray(labels)
+    per_p = {}
+    for label, p in top:
+        k = k_for_p(p, num_pairs)
+        per_p[label] = {"p": label, "pairs": k, "threshold": float(scores[k - 1]),
+                        "instances": int(len(subset_instances(rows[:k], cols[:k]))),
+                        "class_pairs_top5": class_pairs_top(rows[:k], cols[:k], labels)}
+    return {"n": int(len(labels)), "cross_class_pairs": num_pairs, "top": per_p,
+            "threshold_counts": {repr(t): int(c) for t, c in top_pairs.counts.items()}}
+
+
+def get_subsets(cache: Path, dataset_key: dict, split: str, index: np.ndarray, labels: torch.Tensor,
+                images: torch.Tensor, extractor: Extractor, top, thresholds, *, device: torch.device,
+                dtype: torch.dtype = torch.float32, block: int = DEFAULT_BLOCK, echo=print) -> Subsets:
+    """Load or build the entangled subsets of a split (content-addressed; features are computed on a miss only)."""
+    key = subset_key(dataset_key, split, index, extractor, top, thresholds, dtype)
+
+    def build(tmp: Path) -> dict:
+        echo(f"ranking the cross-class pairs of {dataset_key['name']} {split} ({len(index)} instances, "
+             f"extractor {extractor.name})")
+        start = time.time()
+        feats = l2_normalize(extractor.features(images).to(device=device, dtype=dtype))
+        extracted = time.time()
+        num_pairs = cross_class_pair_count(labels)
+        if num_pairs == 0:
+            raise PllbenchError(f"{dataset_key['name']} {split} has no cross-class pair")
+        k = max(k_for_p(p, num_pairs) for _, p in top)
+        result = top_cross_class_pairs(feats, labels.to(device), k, thresholds, block, block)
+        summary = summarize_subsets(result, labels.cpu().numpy(), top, num_pairs)
+        summary.update({"split": split, "extractor": extractor.name, "feature_dim": int(feats.shape[1]),
+                        "seconds": {"features": round(extracted - start, 3),
+                                    "ranking": round(time.time() - extracted, 3)}})
+        for name, array in (("scores", result.scores), ("rows", result.rows), ("cols", result.cols)):
+            np.save(tmp / f"{name}.npy", array.cpu().numpy())
+        np.save(tmp / "index.npy", np.asarray(index, dtype=np.int64))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        return {}
+
+    path, meta = load_or_build(cache, "entangled", key, build)
+    arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in ("scores", "rows", "cols", "index")}
+    return Subsets(path, meta["hash"], json.loads((path / "summary.json").read_text()), arrays["scores"],
+                   arrays["rows"], arrays["cols"], arrays["index"])

@@ -1,0 +1,313 @@
+"""`pllbench entangle`: build (or reuse) the entangled subsets of a split and score every finished run on them.
+
+Per run it writes `entangle.json` into the run folder (atomically, merged with earlier analyses):
+
+    {"run", "method", "seed", "dataset", "preset", "overall_acc", "center_distance",
+     "subsets": {"<split>/<extractor>": {"artifact", "split", "extractor", "cross_class_pairs", "n",
+                 "top": {"<p>": {"pairs", "threshold", "instances", "subset_acc", "selected": {tag: acc}}},
+                 "threshold_counts": {"<τ>": n},
+                 "sharing": {"top": {"<p>": {"mutual", "any"}}, "all": {"mutual", "any"}}}}}   # train split only
+
+subset_acc comes from the final-epoch predictions; `selected` holds the selected epochs' (select-cr/-aa) when the
+run has them. On the train split there are no per-instance predictions, so `subset_acc` is absent there.
+
+The command keeps no import of pllbench.cli at module level (cli.py imports this module to register it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from .entangle import (
+    DEFAULT_BLOCK,
+    DEFAULT_THRESHOLDS,
+    DEFAULT_TOP,
+    Subsets,
+    center_distance,
+    get_subsets,
+    load_run_method,
+    make_extractor,
+    method_features,
+    parse_thresholds,
+    parse_top,
+    run_candidates,
+    sharing_all_pairs,
+    sharing_flags,
+    subset_accuracy,
+    teacher_extractor,
+)
+from .errors import PllbenchError
+from .util import atomic_write_json
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """predictions.parquet → {tag: {index, y_true, y_pred}}."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["tag", "index", "y_true", "y_pred"])
+    except Exception as exc:  # noqa: BLE001 — a missing, truncated or foreign file means the same to the user
+        raise PllbenchError(f"cannot read {path} ({exc})") from None
+    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    out = {}
+    for tag in np.unique(columns["tag"]):
+        rows = columns["tag"] == tag
+        out[str(tag)] = {name: np.asarray(columns[name][rows]) for name in ("index", "y_true", "y_pred")}
+    return out
+
+
+def aligned_predictions(pred: dict[str, np.ndarray], split_index: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """ŷ per position of the split; raises if the parquet does not cover exactly these rows and labels."""
+    positions = np.searchsorted(split_index, pred["index"])
+    positions = np.clip(positions, 0, len(split_index) - 1)
+    if len(pred["index"]) != len(split_index) or not np.array_equal(split_index[positions], pred["index"]) \
+            or len(np.unique(positions)) != len(split_index):
+        raise PllbenchError("its predictions do not cover the rows of this test split")
+    if not np.array_equal(labels[positions], pred["y_true"]):
+        raise PllbenchError("its predictions' y_true differ from this dataset's labels")
+    y_pred = np.empty(len(split_index), dtype=np.int64)
+    y_pred[positions] = pred["y_pred"]
+    return y_pred
+
+
+def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[Path]:
+    """Run folders of this dataset key and preset that have final.json, sorted by method then seed."""
+    out = []
+    for final in sorted((root / f"{dataset_key['name']}-{preset}").glob("*/final.json")):
+        try:
+            config = json.loads((final.parent / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if config.get("dataset") == dataset_key and config.get("preset", {}).get("name") == preset:
+            out.append((config["method"], config["seed"], final.parent))
+    return [path for *_, path in sorted(out)]
+
+
+def _analysis_key(split: str, extractor_name: str) -> str:
+    return f"{split}/{extractor_name}"
+
+
+def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, device: torch.device,
+                data_root, warn) -> tuple[dict, dict]:
+    """Score one run; returns (its entangle.json content, extras for plots: y_true/y_pred/features)."""
+    config = json.loads((run_dir / "config.json").read_text())
+    final = json.loads((run_dir / "final.json").read_text())
+    preds = read_predictions(run_dir / "predictions.parquet")
+    if "final" not in preds:
+        raise PllbenchError("its predictions.parquet has no 'final' rows")
+    test_labels = data.test.labels.numpy()
+    y_by_tag = {tag: aligned_predictions(pred, np.asarray(data.test_index), test_labels)
+                for tag, pred in preds.items()}
+    y_final = y_by_tag["final"]
+    labels = list(subsets.summary["top"])
+    entry = {"artifact": subsets.hash, "split": split, "extractor": subsets.summary["extractor"],
+             "n": subsets.summary["n"], "cross_class_pairs": subsets.summary["cross_class_pairs"],
+             "threshold_counts": subsets.summary["threshold_counts"], "top": {}}
+    for label in labels:
+        stats = {k: subsets.summary["top"][label][k] for k in ("pairs", "threshold", "instances")}
+        if split == "test":
+            instances = subsets.instances(label)
+            stats["subset_acc"] = subset_accuracy(instances, test_labels, y_final)
+            stats["selected"] = {tag: subset_accuracy(instances, test_labels, y_pred)
+                                 for tag, y_pred in y_by_tag.items() if tag != "final"}
+        entry["top"][label] = stats
+    if split == "train":
+        cands = run_candidates(config, cache)
+        train_labels = data.train.labels.numpy()
+        if len(cands) != len(train_labels):
+            raise PllbenchError("its candidate matrix does not match this train split")
+        sharing = {}
+        for label in labels:
+            mutual, any_ = sharing_flags(*subsets.pairs(label), train_labels, cands)
+            sharing[label] = {"mutual": float(mutual.mean()), "any": float(any_.mean())}
+        mutual_all, any_all = sharing_all_pairs(train_labels, cands)
+        entry["sharing"] = {"top": sharing, "all": {"mutual": float(mutual_all), "any": float(any_all)}}
+    extras = {"y_true": test_labels, "y_pred": y_final, "features": None}
+    cd = None
+    try:
+        method, _, _ = load_run_method(run_dir, cache, device, data_root)
+        feats = method_features(method, data.test.images, data.info, device)
+        cd = center_distance(feats, data.test.labels)
+        extras["features"] = feats.numpy()
+    except PllbenchError as exc:
+        warn(f"{final['run']}: no center distance ({exc})")
+    path = run_dir / "entangle.json"
+    try:
+        record = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        record = {}
+    record.update({"run": final["run"], "method": config["method"], "seed": config["seed"],
+                   "dataset": config["dataset"]["name"], "preset": config["preset"]["name"],
+                   "overall_acc": float((y_final == test_labels).mean()), "center_distance": cd})
+    record.setdefault("subsets", {})[_analysis_key(split, subsets.summary["extractor"])] = entry
+    atomic_write_json(path, record)
+    return record, extras
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def render_report(subsets: Subsets, records: list[dict], split: str, dataset: str, classes: list[str],
+                  extractor_name: str) -> str:
+    s = subsets.summary
+    labels = list(s["top"])
+
+    def name(c: int) -> str:
+        return classes[c] if classes else str(c)
+
+    lines = [f"entangled subsets of {dataset} {split}: {s['n']} instances, {s['cross_class_pairs']:,} cross-class "
+             f"pairs; extractor {extractor_name}; artifact {subsets.hash}", "",
+             "| top p (%) | pairs | threshold | instances | most frequent class pairs |", "|---|---|---|---|---|"]
+    for label in labels:
+        t = s["top"][label]
+        pairs = ", ".join(f"{name(c['pair'][0])}/{name(c['pair'][1])} ({c['count']})" for c in t["class_pairs_top5"])
+        lines.append(f"| {label} | {t['pairs']:,} | {t['threshold']:.6f} | {t['instances']:,} | {pairs} |")
+    lines.append("")
+    for tau, count in s["threshold_counts"].items():
+        lines.append(f"n(s > {tau}) = {count:,} cross-class pairs ({100 * count / s['cross_class_pairs']:.4f}%)")
+    lines.append("")
+    if not records:
+        lines.append("no finished runs of this dataset and preset")
+        return "\n".join(lines)
+    key = _analysis_key(split, extractor_name)
+    if split == "test":
+        head = ["run", "method", "seed", "acc (%)"] + [f"acc@{label}% (%)" for label in labels] + ["CD"]
+    else:
+        head = ["run", "method", "seed", "test acc (%)"]
+        head += [f"{kind}@{label}% (%)" for label in labels for kind in ("mutual", "any")]
+        head += ["mutual all (%)", "any all (%)", "CD"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        entry = r["subsets"][key]
+        cells = [r["run"].split("/", 1)[-1], r["method"], str(r["seed"]), _pct(r["overall_acc"])]
+        if split == "test":
+            cells += [_pct(entry["top"][label]["subset_acc"]) for label in labels]
+        else:
+            sharing = entry["sharing"]
+            cells += [_pct(sharing["top"][label][kind]) for label in labels for kind in ("mutual", "any")]
+            cells += [_pct(sharing["all"]["mutual"]), _pct(sharing["all"]["any"])]
+        cells.append("n/a" if r["center_distance"] is None else f"{r['center_distance']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_plots(folder: Path, subsets: Subsets, records: list[dict], extras: list[dict], split: str,
+                extractor, data, title: str, warn, tsne_points: int = 1500) -> list[Path]:
+    from .entangle_plots import plot_accuracy_vs_top, plot_confusion, plot_tsne, safe_name
+
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = list(subsets.summary["top"])
+    classes = data.info.classes or [str(c) for c in range(data.info.num_classes)]
+    written = []
+    tag = safe_name(f"{split}-{extractor.name}")
+    highlight = subsets.instances(labels[0]) if split == "test" else None
+    highlight_label = f"top {labels[0]}% entangled" if split == "test" else ""
+    if split == "test" and records:
+        key = _analysis_key(split, extractor.name)
+        rows = [{"method": r["method"], "overall_acc": r["overall_acc"],
+                 "subset_acc": {label: r["subsets"][key]["top"][label]["subset_acc"] for label in labels}}
+                for r in records]
+        path = folder / f"accuracy_vs_top-{tag}.png"
+        plot_accuracy_vs_top(rows, labels, path, f"{title}: accuracy on the entangled subsets ({extractor.name})")
+        written.append(path)
+    tsne_done: set[str] = set()
+    for record, extra in zip(records, extras):
+        name = safe_name(record["run"].split("/", 1)[-1])
+        path = folder / f"confusion-{name}.png"
+        plot_confusion(extra["y_true"], extra["y_pred"], classes, path, f"{record['run']} (final epoch)")
+        written.append(path)
+        # t-SNE costs about a minute per thousand points on 2 cores: one run per method (its first seed).
+        if tsne_points and extra["features"] is not None and record["method"] not in tsne_done:
+            tsne_done.add(record["method"])
+            path = folder / f"tsne-{name}.png"
+            if plot_tsne(extra["features"], extra["y_true"], highlight, path, f"{record['run']} features (test)",
+                         highlight_label, tsne_points):
+                written.append(path)
+    if tsne_points and split == "test":
+        path = folder / f"tsne-extractor-{tag}.png"
+        feats = extractor.features(data.test.images).numpy()
+        if plot_tsne(feats, data.test.labels.numpy(), highlight, path, f"{title}: {extractor.name} features (test)",
+                     highlight_label, tsne_points):
+            written.append(path)
+    if tsne_points and not any(p.name.startswith("tsne-") for p in written):
+        warn("no t-SNE plots (scikit-learn is not installed, or too few points)")
+    return written
+
+
+def _data_options(fn):
+    """The data options every pllbench command takes (the same four as pllbench.cli's)."""
+    fn = click.option("--data-root", default=None, help="Folder holding the datasets (else $PLLBENCH_DATA).")(fn)
+    fn = click.option("--download", is_flag=True, help="Allow fetching a missing dataset over the network.")(fn)
+    fn = click.option("--cache-dir", default=None, help="Artifact cache (else $PLLBENCH_CACHE, ~/.cache/pllbench).")(fn)
+    fn = click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")(fn)
+    return fn
+
+
+@click.command("entangle")
+@click.option("--dataset", required=True)
+@click.option("--preset", default="quick", show_default=True)
+@click.option("--top", default=DEFAULT_TOP, show_default=True, help="Percentages p of the cross-class pairs.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="train gives the candidate-sharing rates.")
+@click.option("--extractor", default="teacher", show_default=True,
+              help="teacher, timm:NAME[@WEIGHTS_FILE] or ckpt:RUN_DIR.")
+@click.option("--threshold", "thresholds", default=DEFAULT_THRESHOLDS, show_default=True,
+              help="Cosines τ for the counts n(τ) = #{s > τ} (comma-separated).")
+@click.option("--runs", "runs_dir", default=None, help="Results root (else $PLLBENCH_RUNS, ./runs).")
+@click.option("--plots", "plots_dir", default=None, help="Write PNG plots into this folder.")
+@click.option("--tsne-points", default=1500, show_default=True, type=click.IntRange(min=0),
+              help="Points per t-SNE plot (one per method and one of the extractor); 0 skips t-SNE.")
+@click.option("--float64", "use_float64", is_flag=True, help="Score the pairs in float64 (default float32).")
+@click.option("--block", default=DEFAULT_BLOCK, show_default=True, type=click.IntRange(min=1),
+              help="Row and column block size of the pair search.")
+@_data_options
+def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots_dir, tsne_points, use_float64, block,
+             data_root, download, cache_dir, device):
+    """Entangled subsets (top p% most similar cross-class pairs) and every finished run's accuracy on them."""
+    from .cli import _device, runs_root
+    from .prepare import load_data
+    from .presets import resolve_preset
+    from .util import cache_root
+
+    top_list = parse_top(top)
+    tau_list = parse_thresholds(thresholds)
+    info, data, teacher_train, dataset_key = load_data(dataset, preset, data_root, download)
+    root, dev, cache = runs_root(runs_dir), _device(device), cache_root(cache_dir)
+    cfg = resolve_preset(preset, info.name)
+
+    def warn(msg):
+        click.echo(msg, err=True)
+
+    chosen = make_extractor(extractor, cache=cache, device=dev, data_root=data_root,
+                            teacher=lambda: teacher_extractor(cache, dataset_key, teacher_train, info, cfg, dev, warn))
+    if chosen.identity.get("dataset", dataset_key) != dataset_key:
+        raise PllbenchError(f"extractor {chosen.name} was trained on {chosen.identity['dataset']['name']}, "
+                            f"not on {dataset}")
+    part = data.test if split == "test" else data.train
+    index = np.asarray(data.test_index if split == "test" else data.train_index)
+    subsets = get_subsets(cache, dataset_key, split, index, part.labels, part.images, chosen, top_list, tau_list,
+                          device=dev, dtype=torch.float64 if use_float64 else torch.float32, block=block, echo=warn)
+    records, extras = [], []
+    for run_dir in finished_runs(root, dataset_key, preset):
+        if chosen.name == "teacher":
+            config = json.loads((run_dir / "config.json").read_text())
+            if config["candidates"]["teacher"] != chosen.identity["teacher_key"]:
+                warn(f"{run_dir.name}: its candidates came from another teacher than the one ranking the pairs")
+        try:
+            record, extra = analyse_run(run_dir, subsets, split, data, cache, dev, data_root, warn)
+        except PllbenchError as exc:
+            warn(f"skipping {run_dir}: {exc}")
+            continue
+        records.append(record)
+        extras.append(extra)
+    click.echo(render_report(subsets, records, split, dataset, info.classes, chosen.name))
+    if plots_dir:
+        written = write_plots(Path(plots_dir), subsets, records, extras, split, chosen, data,
+                              f"{info.name}-{preset}", warn, tsne_points)
+        click.echo(f"\nplots: {', '.join(str(p) for p in written)}")

@@ -1,0 +1,40 @@
+"""Shared fixtures: every test gets a private cache and results root; the hub is never contacted."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLLBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PLLBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    """One teacher + candidate cache for the whole session (the smoke teacher trains in about a second)."""
+    return tmp_path_factory.mktemp("smoke-cache")
+
+
+def smoke_run(method: str, cache, runs, seed: int = 0, hp: dict | None = None, dataset: str = "synthetic",
+              epochs: int | None = None, val_fraction: float = 0.0):
+    """Prepare smoke data and train one method; returns (final, run_dir, prepared)."""
+    from pllbench.method import parse_hp_overrides
+    from pllbench.prepare import prepare
+    from pllbench.trainer import resolve_run_config, run_id, train_run
+
+    device = torch.device("cpu")
+    prep = prepare(dataset, "smoke", seed, cache=cache, device=device, echo=lambda *_: None)
+    items = [f"{k}={v}" for k, v in (hp or {}).items()]
+    config = resolve_run_config(prep, method, seed, parse_hp_overrides(items), epochs, val_fraction)
+    run_dir = runs / run_id(config)
+    return train_run(prep, config, run_dir, device, progress=False), run_dir, prep
