@@ -20,6 +20,7 @@ Deviations and fixes [D11]:
   LayerNorm) before the cross-attention, which the spec's summary omits; there is no positional encoding [ours
   where unread]. The queries are N(0, 1) like the official frozen nn.Embedding; the group-FC weights are
   Xavier-normal (fan_in D, fan_out K) and the biases zero [official].
+- L_cls uses the exact log-softmax (the official takes the log of the softmax, −∞ where it underflows).
 - features() is the GAP of the backbone map [ours].
 """
 

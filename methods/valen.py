@@ -56,9 +56,12 @@ def knn_graph(feats: torch.Tensor, k: int, max_block_elems: int = 1 << 24) -> to
     sq = (feats * feats).sum(dim=1)
     block = max(1, min(n, max_block_elems // n))
     out = torch.empty(n, k, dtype=torch.long, device=feats.device)
+    buffer = torch.empty(block, n, device=feats.device)  # reused: one block of squared distances at a time
     for start in range(0, n, block):
         stop = min(n, start + block)
-        dist = sq[start:stop, None] - 2 * feats[start:stop] @ feats.t() + sq[None, :]
+        dist = buffer[:stop - start]
+        torch.addmm(sq[None, :], feats[start:stop], feats.t(), alpha=-2, out=dist)  # ‖b‖² − 2a·b
+        dist.add_(sq[start:stop, None])
         rows = torch.arange(stop - start, device=feats.device)
         dist[rows, rows + start] = float("inf")
         out[start:stop] = dist.topk(k, dim=1, largest=False).indices
@@ -158,9 +161,13 @@ class VALEN(Method):
         return True
 
     @torch.no_grad()
-    def train_features(self, chunk: int = 1000) -> torch.Tensor:
-        """net's penultimate features of every train instance on the base view, in eval mode."""
+    def train_features(self) -> torch.Tensor:
+        """net's penultimate features of every train instance on the base view, in eval mode.
+
+        Chunks of 4 training batches: no-grad activations of that many fit wherever a training step does.
+        """
         images, was_training = self.ctx.train_images, self.net.training
+        chunk = 4 * self.ctx.batch_size
         self.net.eval()
         feats = torch.cat([self.net.features(self.ctx.views(images[s:s + chunk], "base", None)).float()
                            for s in range(0, len(images), chunk)])

@@ -113,69 +113,156 @@ def candidates(dataset, preset, seed, data_root, download, cache_dir, device):
 
 
 def summarize(results: list[dict]) -> str:
-    """Markdown table: method × mean ± std of final test accuracy (%) over seeds."""
-    by_method: dict[str, list[float]] = {}
+    """Markdown table: method × dataset, mean ± std of final test accuracy (%) over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
-        by_method.setdefault(r.get("label", r["method"]), []).append(100 * r["test_acc"])
-    lines = ["| method | test acc (%) | n | seeds |", "|---|---|---|---|"]
-    for method, accs in by_method.items():
+        groups.setdefault((r.get("label", r["method"]), r.get("dataset", "")), []).append(r)
+    lines = ["| method | dataset | test acc (%) | n | seeds |", "|---|---|---|---|---|"]
+    for (method, dataset), rows in groups.items():
+        accs = [100 * r["test_acc"] for r in rows]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        seeds = ",".join(str(r["seed"]) for r in results if r.get("label", r["method"]) == method)
-        lines.append(f"| {method} | {statistics.mean(accs):.2f} ± {std:.2f} | {len(accs)} | {seeds} |")
+        seeds = ",".join(str(r["seed"]) for r in rows)
+        lines.append(f"| {method} | {dataset} | {statistics.mean(accs):.2f} ± {std:.2f} | {len(accs)} | {seeds} |")
     return "\n".join(lines)
 
 
+def grid_spec_options(fn):
+    """The options that say which jobs a grid holds (`run` and `status`); a --grid file supplies the unset ones."""
+    fn = click.option("--candidate-seed", default=None, type=click.IntRange(min=0),
+                      help="Fix the candidates across training seeds.")(fn)
+    fn = click.option("--val-fraction", default=None, type=click.FloatRange(0.0, 0.5),
+                      help="Hold out this share of the train rows for label-free selection (default 0).")(fn)
+    fn = click.option("--hp", "hp_items", multiple=True, help="key=value or method.key=value (repeatable).")(fn)
+    fn = click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the preset's epochs.")(fn)
+    fn = click.option("--seeds", default=None, help="Comma-separated seeds (default 0).")(fn)
+    fn = click.option("--preset", default=None, help="Preset (default quick).")(fn)
+    fn = click.option("--datasets", "--dataset", "datasets", default=None,
+                      help="Comma-separated datasets (options allowed: synthetic:train=384,test=64).")(fn)
+    fn = click.option("--methods", default=None, help="Comma-separated method names, or 'all'.")(fn)
+    fn = click.option("--grid", "grid_file", default=None, help="A grid TOML (docs/grids.md); options override it.")(fn)
+    return fn
+
+
+def grid_spec(grid_file, methods, datasets, preset, seeds, epochs, hp_items, val_fraction, candidate_seed,
+              required: bool = True):
+    """(GridSpec or None when nothing names a grid and `required` is false, launch fields of the grid file)."""
+    from .grid import GridSpec, load_grid_file, split_datasets
+    from .method import method_names, parse_hp_overrides
+
+    file_spec, launch = load_grid_file(grid_file) if grid_file else ({}, {})
+    methods = methods or file_spec.get("methods")
+    dataset_list = split_datasets(datasets) if datasets else file_spec.get("datasets")
+    if not required and not (methods or dataset_list):
+        return None, launch
+    if not dataset_list:
+        raise PllbenchError("no dataset given: pass --dataset NAME (or --datasets A,B, or --grid FILE)")
+    if not methods:
+        raise PllbenchError("no methods given: pass --methods NAMES (or 'all', or --grid FILE)")
+    hp = {scope: dict(values) for scope, values in file_spec.get("hp", {}).items()}
+    for scope, values in parse_hp_overrides(list(hp_items)).items():
+        hp.setdefault(scope, {}).update(values)
+    spec = GridSpec(methods=parse_list(methods, method_names(), "method"), datasets=dataset_list,
+                    seeds=parse_seeds(seeds) if seeds else file_spec.get("seeds", [0]),
+                    preset=preset or file_spec.get("preset", "quick"),
+                    epochs=epochs if epochs is not None else file_spec.get("epochs"), hp=hp,
+                    val_fraction=val_fraction if val_fraction is not None else file_spec.get("val_fraction", 0.0),
+                    candidate_seed=candidate_seed if candidate_seed is not None else file_spec.get("candidate_seed"))
+    spec.validate()
+    return spec, launch
+
+
 @cli.command()
-@click.option("--methods", required=True, help="Comma-separated method names, or 'all'.")
-@click.option("--dataset", required=True)
-@click.option("--preset", default="quick", show_default=True)
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the preset's epochs.")
-@click.option("--hp", "hp_items", multiple=True, help="key=value or method.key=value (repeatable).")
-@click.option("--val-fraction", default=0.0, type=click.FloatRange(0.0, 0.5), show_default=True)
-@click.option("--candidate-seed", default=None, type=int, help="Fix the candidates across training seeds.")
+@grid_spec_options
+@click.option("--launcher", type=click.Choice(["local", "ray", "slurm"]), default=None,
+              help="Where jobs run (default local).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="local: worker processes (default: one per visible GPU, else 1).")
+@click.option("--address", default=None, help="ray: cluster address (default: start a local Ray).")
+@click.option("--gpus-per-job", default=None, type=click.FloatRange(min=0.0),
+              help="ray: fraction of a GPU per job (0.25 packs four); slurm: whole GPUs per job.")
+@click.option("--cpus-per-job", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="ray/slurm: CPUs per job (default 1).")
 @click.option("--runs", "runs_dir", default=None, help="Results root (else $PLLBENCH_RUNS, ./runs).")
 @click.option("--no-progress", is_flag=True)
 @common_data_options
-def run(methods, dataset, preset, seeds, epochs, hp_items, val_fraction, candidate_seed, runs_dir, no_progress,
-        data_root, download, cache_dir, device):
-    """Train methods on a dataset for each seed, then print a table of final accuracies."""
-    from .data import get_dataset
-    from .method import check_unscoped_hp, get_method, method_names, parse_hp_overrides, resolve_hparams
-    from .prepare import prepare
-    from .presets import method_overrides, resolve_preset
-    from .trainer import resolve_run_config, run_id, train_run
+@click.pass_context
+def run(ctx, grid_file, methods, datasets, preset, seeds, epochs, hp_items, val_fraction, candidate_seed, launcher,
+        workers, address, gpus_per_job, cpus_per_job, runs_dir, no_progress, data_root, download, cache_dir, device):
+    """Run a grid (methods × datasets × seeds): finished jobs are skipped, interrupted ones resume, failed ones
+    are recorded without stopping the grid; then print a table of final accuracies and a line per failed job."""
+    from .grid import RunEnv, record_grid
+    from .launchers import LaunchOptions, launch
     from .util import cache_root
 
-    method_list = parse_list(methods, method_names(), "method")
-    seed_list = parse_seeds(seeds)
-    hp_cli = parse_hp_overrides(list(hp_items))
-    check_unscoped_hp([get_method(m) for m in method_list], hp_cli)
-    dataset_name = dataset.partition(":")[0]
-    get_dataset(dataset)  # validates the name and options
-    preset_cfg = resolve_preset(preset, dataset_name)
-    for name in method_list:  # validate every --hp before any expensive work
-        cls = get_method(name)
-        resolve_hparams(cls, dataset_name, method_overrides(preset_cfg, cls.name, cls.family), hp_cli)
-    root, dev, cache = runs_root(runs_dir), _device(device), cache_root(cache_dir)
-    results = []
-    for seed in seed_list:
-        prep = prepare(dataset, preset, seed, root=data_root, download=download, cache=cache, device=dev,
-                       candidate_seed=candidate_seed, echo=_echo_err)
-        if seed == seed_list[0]:
-            rep = prep.candidates.report
-            _echo_err(f"candidates {prep.candidates.hash}: mean |S| {rep['size']['mean']:.3f}, teacher test "
-                      f"accuracy {rep['teacher']['test_acc']:.4f}")
-        for method in method_list:
-            config = resolve_run_config(prep, method, seed, hp_cli, epochs, val_fraction)
-            run_dir = root / run_id(config)
-            final = train_run(prep, config, run_dir, dev, progress=not no_progress)
-            _echo_err(f"{run_id(config)}: test accuracy {100 * final['test_acc']:.2f}%")
-            results.append(final)
-    click.echo(summarize(results))
+    spec, file_launch = grid_spec(grid_file, methods, datasets, preset, seeds, epochs, hp_items, val_fraction,
+                                  candidate_seed)
+    options = LaunchOptions(launcher=launcher or file_launch.get("launcher", "local"),
+                            workers=workers or file_launch.get("workers"),
+                            address=address or file_launch.get("address"),
+                            gpus_per_job=gpus_per_job if gpus_per_job is not None else file_launch.get("gpus_per_job"),
+                            cpus_per_job=cpus_per_job or file_launch.get("cpus_per_job", 1.0),
+                            slurm=file_launch.get("slurm", {}))
+    root = runs_root(runs_dir)
+    if options.launcher == "local":
+        _device(device)  # refuse a missing CUDA here; remote launchers check on their own machines
+    data = data_root or os.environ.get("PLLBENCH_DATA")
+    env = RunEnv(runs=str(root.resolve()), cache=str(cache_root(cache_dir).resolve()),
+                 data_root=str(Path(data).resolve()) if data else None, download=download, device=device,
+                 progress=not no_progress, debug=ctx.obj["debug"], session=os.urandom(8).hex())
+    jobs = spec.jobs()
+    record_grid(root, spec)
+    _echo_err(f"grid {spec.id}: {len(jobs)} jobs ({spec.describe()}) on the {options.launcher} launcher")
+    results = launch(jobs, env, options, _echo_err)
+    finals = [{**r["final"], "dataset": job.dataset} for job, r in zip(jobs, results) if r["final"] is not None]
+    if finals:
+        click.echo(summarize(finals))
+    for r in results:
+        if r["status"] == "busy":
+            owner = r["owner"] or {}
+            click.echo(f"running elsewhere: {r['run']} (pid {owner.get('pid', '?')} on {owner.get('host', '?')})")
+    failed = [r for r in results if r["status"] == "failed"]
+    for r in failed:
+        click.echo(f"failed: {r['run'] or r['job']}: {r['error']}")
+    if failed:
+        first = failed[0]
+        where = first["run"] or first["job"]
+        if len(failed) == 1:
+            raise PllbenchError(f"{where}: {first['error']}")
+        raise PllbenchError(f"{len(failed)} of {len(jobs)} jobs failed (first: {where}: {first['error']}); "
+                            f"rerun the grid to retry them")
+
+
+@cli.command()
+@grid_spec_options
+@click.option("--runs", "runs_dir", default=None, help="Results root (else $PLLBENCH_RUNS, ./runs).")
+def status(grid_file, methods, datasets, preset, seeds, epochs, hp_items, val_fraction, candidate_seed, runs_dir):
+    """Done / running / failed / pending jobs per grid, with throughput and an ETA from measured epoch times.
+
+    Without grid options: every grid `pllbench run` recorded under the results root, then folders of no grid."""
+    from .grid import status_report
+
+    spec, _ = grid_spec(grid_file, methods, datasets, preset, seeds, epochs, hp_items, val_fraction, candidate_seed,
+                        required=False)
+    click.echo(status_report(runs_root(runs_dir), spec))
+
+
+@cli.command()
+@click.option("--runs", "runs_dir", default=None, help="Results root (else $PLLBENCH_RUNS, ./runs).")
+@click.option("--out", default="leaderboards", show_default=True, help="Folder for the markdown and CSV files.")
+@click.option("--preset", default=None, help="Only this preset (default: one board per preset found).")
+@click.option("--datasets", default=None, help="Only these datasets (the board is named after the set).")
+def leaderboard(runs_dir, out, preset, datasets):
+    """Markdown (and CSV) leaderboards: methods × datasets, mean ± std over seeds, paper reference rows."""
+    from .grid import split_datasets
+    from .leaderboard import write_leaderboards
+
+    for path in write_leaderboards(runs_root(runs_dir), Path(out), preset,
+                                   split_datasets(datasets) if datasets else None):
+        click.echo(str(path))
 
 
 cli.add_command(__import__("pllbench.entangle_cli", fromlist=["entangle"]).entangle)
+cli.add_command(__import__("pllbench.augment", fromlist=["augment_cmd"]).augment_cmd)
 
 
 def main(argv=None) -> int:

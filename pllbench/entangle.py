@@ -384,12 +384,10 @@ def method_features(method, images: torch.Tensor, info, device: torch.device) ->
 
 
 def ckpt_extractor(path: str, cache: Path, device: torch.device, data_root=None) -> Extractor:
-    """A pllbench run folder: its method's `features()`."""
-    from .trainer import run_id
-
-    run_dir = Path(path).expanduser()
+    """A pllbench run folder: its method's `features()`; named after the folder (<dataset>-<preset>/<run>)."""
+    run_dir = Path(path).expanduser().resolve()
     method, config, data = load_run_method(run_dir, cache, device, data_root)
-    name = f"ckpt:{run_id(config)}"
+    name = f"ckpt:{run_dir.parent.name}/{run_dir.name}"
     identity = {"name": name, "method": config["method"], "dataset": config["dataset"],
                 "weights_sha256": sha256_file(run_dir / "model.pt")}
     info = data.info
@@ -440,13 +438,17 @@ def _state_sha(model: torch.nn.Module) -> str:
 def timm_extractor(spec: str, device: torch.device) -> Extractor:
     """`NAME[@FILE]`: a timm model with local weights only; pre-logits features; its default eval transform."""
     name, _, weights = spec.partition("@")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: it reads the flag at import
     try:
         import timm
         import timm.data
     except ImportError:
         raise PllbenchError(f"extractor timm:{spec} needs the timm package, which is not installed "
                             f"(pip install timm)") from None
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    with contextlib.suppress(ImportError, AttributeError):  # in case it was imported earlier in this process
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():

@@ -166,7 +166,7 @@ def render_report(subsets: Subsets, records: list[dict], split: str, dataset: st
              "| top p (%) | pairs | threshold | instances | most frequent class pairs |", "|---|---|---|---|---|"]
     for label in labels:
         t = s["top"][label]
-        pairs = ", ".join(f"{name(c['pair'][0])}/{name(c['pair'][1])} ({c['count']})" for c in t["class_pairs_top5"])
+        pairs = ", ".join(f"{name(c['pair'][0])} vs {name(c['pair'][1])} ({c['count']})" for c in t["class_pairs_top5"])
         lines.append(f"| {label} | {t['pairs']:,} | {t['threshold']:.6f} | {t['instances']:,} | {pairs} |")
     lines.append("")
     for tau, count in s["threshold_counts"].items():
@@ -227,13 +227,13 @@ def write_plots(folder: Path, subsets: Subsets, records: list[dict], extras: lis
             tsne_done.add(record["method"])
             path = folder / f"tsne-{name}.png"
             if plot_tsne(extra["features"], extra["y_true"], highlight, path, f"{record['run']} features (test)",
-                         highlight_label, tsne_points):
+                         highlight_label, tsne_points, class_names=classes):
                 written.append(path)
     if tsne_points and split == "test":
         path = folder / f"tsne-extractor-{tag}.png"
         feats = extractor.features(data.test.images).numpy()
         if plot_tsne(feats, data.test.labels.numpy(), highlight, path, f"{title}: {extractor.name} features (test)",
-                     highlight_label, tsne_points):
+                     highlight_label, tsne_points, class_names=classes):
             written.append(path)
     if tsne_points and not any(p.name.startswith("tsne-") for p in written):
         warn("no t-SNE plots (scikit-learn is not installed, or too few points)")

@@ -74,7 +74,8 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], p
 
 
 def plot_tsne(features: np.ndarray, labels: np.ndarray, highlight: np.ndarray | None, path: Path, title: str,
-              highlight_label: str = "", max_points: int = 2000, seed: int = 0) -> bool:
+              highlight_label: str = "", max_points: int = 2000, seed: int = 0,
+              class_names: list[str] | None = None) -> bool:
     """2-d t-SNE of at most `max_points` rows (highlighted rows kept first), coloured by class; False without
     scikit-learn."""
     try:
@@ -104,7 +105,7 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, highlight: np.ndarray | 
     ax.scatter(points[:, 0], points[:, 1], c=palette(classes % palette.N), s=4, alpha=0.7, linewidths=0)
     if classes.max() < 10:
         for c in np.unique(classes):
-            ax.scatter([], [], color=palette(c), s=10, label=f"class {c}")
+            ax.scatter([], [], color=palette(c), s=10, label=class_names[c] if class_names else f"class {c}")
     if marked[rows].any():
         picked = marked[rows]
         ax.scatter(points[picked, 0], points[picked, 1], facecolors="none", edgecolors="black", s=14,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import platform
+import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,9 @@ class NonFiniteLoss(PllbenchError):
 
 
 def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epochs: int | None = None,
-                       val_fraction: float = 0.0) -> dict:
+                       val_fraction: float = 0.0, compile: bool = False, bf16: bool = False) -> dict:
+    """The fully resolved config of one run. `bf16`: autocast the steps to bfloat16 on CUDA (protocols.md §4: an
+    option, off by default); `compile`: torch.compile the method's backbones (speed only)."""
     cls = get_method(method)
     cfg = dict(prep.preset)
     if epochs is not None:
@@ -36,13 +40,17 @@ def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epo
     hp = resolve_hparams(cls, prep.data.info.name, method_overrides(cfg, cls.name, cls.family), hp_cli)
     return {"method": method, "hparams": hp, "views": list(cls.views), "seed": int(seed),
             "dataset": prep.dataset_key, "preset": cfg, "val_fraction": float(val_fraction),
+            "compile": bool(compile), "bf16": bool(bf16),
             "candidates": {"hash": prep.candidates.hash, "teacher": prep.teacher_hash,
                            "mean_size": prep.candidates.report["size"]["mean"]}}
 
 
 def run_id(config: dict) -> str:
     d = config["dataset"]["name"]
-    return f"{d}-{config['preset']['name']}/{config['method']}-s{config['seed']}-{key_hash(config, 8)}"
+    # `compile` only changes speed, so a run may resume with or without it; `bf16` changes the numbers, but fp32
+    # (the default) is left out of the hash so runs made before these options existed keep their ids.
+    identity = {k: v for k, v in config.items() if k != "compile" and not (k == "bf16" and not v)}
+    return f"{d}-{config['preset']['name']}/{config['method']}-s{config['seed']}-{key_hash(identity, 8)}"
 
 
 def environment(device: torch.device) -> dict:
@@ -108,6 +116,34 @@ def _write_predictions(path: Path, rows: list[tuple[str, int, torch.Tensor]], te
     atomic_write_bytes(path, buffer.getvalue().to_pybytes())
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this run so far: allocated CUDA memory, else the process's peak resident set."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)  # KiB on Linux
+
+
+def throughput_summary(curves: list[dict]) -> dict:
+    """final.json's speed record: median epoch throughput and time, the peak memory."""
+    timed = [r for r in curves if "train_seconds" in r]  # epochs logged before these fields existed have none
+    if not timed:
+        return {}
+    return {"samples_per_sec": statistics.median(r["samples_per_sec"] for r in timed),
+            "epoch_seconds": statistics.median(r["seconds"] for r in timed),
+            "train_seconds": round(sum(r["train_seconds"] for r in timed), 2),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in timed)}
+
+
+def compile_backbones(method: torch.nn.Module) -> None:
+    """torch.compile each backbone's `feature_map` in place (forward and the CAM/CEL calls go through it):
+    parameters, state_dict keys and the method's own code are untouched; the convolutions dominate every step.
+    Teacher/student instances × grad mode × train/eval × edit-batch sizes need more graphs than dynamo's default 8."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for module in method.modules():
+        if hasattr(module, "feature_map"):
+            module.feature_map = torch.compile(module.feature_map)
+
+
 def make_batch(method, maker: ViewMaker, images, cands, idx, epoch: int, step: int, gen) -> Batch:
     """The views a method declared, drawn batched from the run's generator, plus its candidate rows."""
     batch_images = images[idx]
@@ -133,10 +169,13 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         return json.loads(final_path.read_text())
     atomic_write_json(run_dir / "config.json", {**config, "environment": environment(device)})
     cfg, seed, hp = config["preset"], config["seed"], config["hparams"]
-    if device.type == "cpu":
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
         torch.use_deterministic_algorithms(True)
     data, info = prep.data, prep.data.info
-    maker = ViewMaker(info)
+    maker = ViewMaker(info, channels_last=cuda)
     train_images = data.train.images.to(device)
     test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
     cands = torch.from_numpy(prep.candidates.matrix).float().to(device)
@@ -158,6 +197,10 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
                         preset=cfg["name"], candidate_seed=int(prep.candidates.report["seed"]))
     torch.manual_seed(derive_seed("init", seed))
     method = get_method(config["method"])(ctx, hp).to(device)
+    if cuda:
+        method.to(memory_format=torch.channels_last)  # the views come out channels_last too
+    if config.get("compile"):
+        compile_backbones(method)
 
     def make_optimizer():
         return torch.optim.SGD(method.trainable_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -172,7 +215,7 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
             optimizer = make_optimizer()
         optimizer.load_state_dict(state["optimizer"])
         curves, start_epoch, selection = state["curves"], state["epoch"], state["selection"]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bool(config.get("bf16")))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -185,7 +228,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         torch.manual_seed(derive_seed("epoch", seed, epoch))
         gen = torch.Generator(device=device).manual_seed(derive_seed("views", seed, epoch))
         order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(
-            derive_seed("order", seed, epoch)))].to(device)
+            derive_seed("order", seed, epoch)))]
+        order = order.pin_memory().to(device, non_blocking=True) if cuda else order  # the only host data left
         if method.on_epoch_start(epoch):
             optimizer, rebuilt = make_optimizer(), True
         lr = lr_at_epoch(cfg, epoch)
@@ -194,7 +238,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         method.train()
         sums: dict[str, torch.Tensor] = {}
         size_sum = torch.zeros((), device=device)
-        for s in range(steps):
+        loop_started = time.perf_counter()
+        for s in range(steps):  # no host sync inside: metrics stay on the device until the epoch ends
             idx = order[s * bs:(s + 1) * bs]
             batch = make_batch(method, maker, train_images, cands, idx, epoch, epoch * steps + s, gen)
             losses = train_step(method, optimizer, batch, autocast)
@@ -203,16 +248,21 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
             size_sum += batch.candidates.sum() / len(idx)
             if bar is not None:
                 bar.update(1)
+        if cuda:
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - loop_started
         values = {k: float(v) / steps for k, v in sums.items()}
         bad = [k for k, v in values.items() if not np.isfinite(v)]
         if bad:
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch} ({', '.join(bad)})")
         method.eval()
-        test_logits = predict_logits(method.predict, test_images, maker)
+        with autocast:
+            test_logits = predict_logits(method.predict, test_images, maker)
         record = {"epoch": epoch, "lr": lr, "test_acc": float(accuracy(test_logits, test_labels)),
                   "mean_size": float(size_sum) / steps, **{f"loss/{k}": v for k, v in values.items()}}
         if val_rows is not None:
-            val_logits = predict_logits(method.predict, train_images[val_rows.to(device)], maker)
+            with autocast:
+                val_logits = predict_logits(method.predict, train_images[val_rows.to(device)], maker)
             val_cands = cands[val_rows.to(device)]
             for crit, fn in (("cr", covering_rate), ("aa", approximated_accuracy)):
                 value = float(fn(val_logits, val_cands))
@@ -221,7 +271,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
                     selection[crit] = {"value": value, "epoch": epoch, "test_acc": record["test_acc"],
                                        "logits": test_logits.cpu()}
         record["seconds"] = round(time.time() - started, 3)
-        record["samples_per_sec"] = round(steps * bs / max(record["seconds"], 1e-9), 1)
+        record.update(train_seconds=round(train_seconds, 3), samples_per_sec=round(steps * bs / train_seconds, 1),
+                      peak_mem_mb=peak_memory_mb(device))
         curves.append(record)
         final_logits = test_logits
         atomic_write_text(run_dir / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
@@ -232,7 +283,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         bar.close()
     if final_logits is None:  # resumed after the last epoch's checkpoint but before final.json
         method.eval()
-        final_logits = predict_logits(method.predict, test_images, maker)
+        with autocast:
+            final_logits = predict_logits(method.predict, test_images, maker)
     rows = [("final", cfg["epochs"] - 1, final_logits)]
     rows += [(f"select-{crit}", sel["epoch"], sel["logits"]) for crit, sel in selection.items()]
     _write_predictions(run_dir / "predictions.parquet", rows, data.test_index, test_labels)
@@ -241,7 +293,7 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
              "preset": cfg["name"], "seed": seed, "test_acc": float(accuracy(final_logits, test_labels)),
              "epochs": cfg["epochs"], "seconds": round(sum(r["seconds"] for r in curves), 2),
              "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in selection.items()},
-             "candidates": config["candidates"]["hash"]}
+             "candidates": config["candidates"]["hash"], "throughput": throughput_summary(curves)}
     torch.save(method.state_dict(), run_dir / "model.tmp")
     (run_dir / "model.tmp").replace(run_dir / "model.pt")
     atomic_write_json(final_path, final)

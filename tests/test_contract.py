@@ -17,7 +17,7 @@ from conftest import smoke_run
 from pllbench import prepare as prepare_module
 from pllbench.method import method_names
 
-TIMING_KEYS = {"seconds", "samples_per_sec"}
+TIMING_KEYS = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
 
 
 def curves(run_dir):

@@ -210,7 +210,7 @@ def test_cli_scores_a_smoke_run(smoke_cache, tmp_path, capsys):
     sharing = json.loads((run_dir / "entangle.json").read_text())["subsets"]["train/teacher"]["sharing"]
     assert 0 <= sharing["top"]["10"]["mutual"] <= sharing["top"]["10"]["any"] <= 1
     assert main(base + ["--top", "10", "--extractor", f"ckpt:{run_dir}"]) == 0
-    assert "extractor ckpt:synthetic-smoke/proden-s0-" in capsys.readouterr().out
+    assert f"extractor ckpt:synthetic-smoke/{run_dir.name};" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,message", [

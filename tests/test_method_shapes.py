@@ -20,7 +20,7 @@ from pllbench.method import get_method, method_names
 DATASETS = {  # name: (synthetic spec, the dataset whose candidate rate applies, 224-px input)
     "fmnist-like": ("synthetic:channels=1,size=28,classes=10,train=40,test=20", "fmnist", False),
     "cifar10-like": ("synthetic:size=32,classes=10,train=40,test=20", "cifar10", False),
-    "cifar100-like": ("synthetic:size=32,classes=100,train=48,test=20", "cifar100", False),
+    "cifar100-like": ("synthetic:size=32,classes=100,train=32,test=20", "cifar100", False),
     "flowers-like": ("synthetic:size=256,classes=102,train=16,test=8", "flowers", True),
     "pets-like": ("synthetic:size=256,classes=37,train=16,test=8", "pets", True),
 }
