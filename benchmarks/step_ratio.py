@@ -14,40 +14,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from _common import PassCounter, PlainCE
 
 from pllbench.method import Method, MethodContext, get_method, parse_hp_overrides
 from pllbench.prepare import prepare
 from pllbench.trainer import make_batch, resolve_run_config, train_step
 from pllbench.util import cache_root
 from pllbench.views import ViewMaker
-
-
-class PlainCE(Method):
-    """The reference step: CE on the cls view against a label-free stand-in target (the first candidate)."""
-
-    views = ("cls",)
-
-    def __init__(self, ctx, hp):
-        super().__init__(ctx, hp)
-        self.net = ctx.classifier()
-
-    def training_step(self, batch):
-        return {"loss": F.cross_entropy(self.net(batch.views["cls"]), batch.candidates.argmax(dim=1))}
-
-
-class PassCounter:
-    """Counts images through every backbone (modules with `feature_map`), with and without grad."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.units = 0
-        for sub in module.modules():
-            if hasattr(sub, "feature_map"):
-                sub.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output):
-        n = inputs[0].shape[0]
-        self.units += n * (3 if torch.is_grad_enabled() else 1)
 
 
 def measure(method: Method, prep, maker, device, steps: int, warmup: int = 3):

@@ -278,6 +278,7 @@ def main():
     parser.add_argument("--mean-size", type=float, default=None,
                         help="random candidate sets of this mean size instead of the preset's teacher")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--backbone", default=None, help="override the preset's backbone (e.g. cnn-xs for dry runs)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
@@ -302,6 +303,8 @@ def main():
     data = load_bench_data(args.dataset, args.preset, like=args.like, mean_size=args.mean_size,
                            batch_size=args.batch_size, cache=cache_root(), device=device)
     cfg = data.preset
+    if args.backbone:
+        cfg["backbone"] = args.backbone
     started = time.time()
     report = [f"command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
               f"machine: {machine(device)}; torch {torch.__version__}; "

@@ -88,6 +88,14 @@ def row_label(run: RunFolder) -> str:
     return label + ("{" + ", ".join(changes) + "}" if changes else "")
 
 
+def peak_memory(final: dict) -> float | None:
+    """final.json's peak memory in MB (CUDA allocated, or the process's peak RSS on the CPU), if recorded."""
+    for value in (final.get("peak_mem_mb"), (final.get("throughput") or {}).get("peak_mem_mb")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
+
+
 def _stats(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
@@ -301,8 +309,8 @@ def render(board: Board, out_dir: Path | None = None) -> tuple[str, str]:
         means = [cells[column].stats()[0] for cells in board.rows.values()
                  if column in cells and cells[column].stats() is not None]
         best[column] = max(means) if means else None
-    peaks = {label: [r.final["peak_mem_mb"] for cell in cells.values() for r in cell.done().values()
-                     if isinstance(r.final.get("peak_mem_mb"), (int, float))] for label, cells in board.rows.items()}
+    peaks = {label: [p for cell in cells.values() for r in cell.done().values() if (p := peak_memory(r.final))]
+             for label, cells in board.rows.items()}
     show_peak = any(peaks.values())
 
     # ---- main table

@@ -44,6 +44,22 @@ def _per_sample(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None, None, None]
 
 
+# Devices where reading a mask on the host is free: there an op runs on its picked samples only.
+SUBSET_DEVICES = ("cpu",)
+
+
+def _apply_where(pick, fn, x, *params):
+    """x with fn(x, *params) in the samples where `pick` (params are per-sample tensors). On accelerators fn runs on
+    the whole batch and torch.where selects (no host sync); on the CPU only the picked samples are computed, and x
+    is updated in place (callers pass a tensor they own). Every op here is per sample, so both agree."""
+    if x.device.type not in SUBSET_DEVICES:
+        return torch.where(_per_sample(pick), fn(x, *params), x)
+    rows = pick.nonzero().squeeze(1)
+    if len(rows):
+        x[rows] = fn(x[rows], *(p[rows] for p in params))
+    return x
+
+
 def hflip(x, gen, p=0.5):
     flip = _rand(len(x), gen, x.device) < p
     return torch.where(_per_sample(flip), x.flip(-1), x)
@@ -141,11 +157,26 @@ def _shift_hue(x, shift):
     return torch.stack(channels, 1)
 
 
-def color_jitter(x, gen, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8):
-    """RandomApply(ColorJitter, p): per-sample factors and per-sample op order, as torchvision per image.
+def _blend_toward(x, factor, degenerate):
+    f = factor[:, None, None, None]
+    return (f * x + (1 - f) * degenerate).clamp(0, 1)
 
-    Brightness, contrast and saturation are each a blend f·x + (1 − f)·d toward a degenerate image d (black, the
-    mean gray, the gray image), so every slot is one blend with a per-sample f and d, plus one hue shift."""
+
+def _brightness(x, factor):
+    return _blend_toward(x, factor, torch.zeros_like(x))
+
+
+def _contrast(x, factor):
+    return _blend_toward(x, factor, _gray(x).mean(dim=(1, 2, 3), keepdim=True))
+
+
+def _saturation(x, factor):
+    return _blend_toward(x, factor, _gray(x))
+
+
+def color_jitter(x, gen, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8):
+    """RandomApply(ColorJitter, p): per-sample factors and per-sample op order, as torchvision per image
+    (saturation and hue are the identity on one-channel images, so they are skipped there)."""
     n, device = len(x), x.device
     apply = _rand(n, gen, device) < p
     factors = [_uniform(n, 1 - brightness, 1 + brightness, gen, device),
@@ -153,17 +184,12 @@ def color_jitter(x, gen, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, 
                _uniform(n, 1 - saturation, 1 + saturation, gen, device),
                _uniform(n, -hue, hue, gen, device)]
     order = torch.argsort(_rand(n * 4, gen, device).view(n, 4), dim=1)
-    ones = torch.ones_like(factors[0])
+    ops = (_brightness, _contrast) + ((_saturation, _shift_hue) if x.shape[1] == 3 else ())
+    x = x.clone()
     for slot in range(4):
         op = torch.where(apply, order[:, slot], -1)
-        f = torch.where(op == 0, factors[0], torch.where(op == 1, factors[1], torch.where(op == 2, factors[2], ones)))
-        f = f[:, None, None, None]
-        gray = _gray(x)
-        degenerate = torch.where(_per_sample(op == 1), gray.mean(dim=(1, 2, 3), keepdim=True),
-                                 torch.where(_per_sample(op == 2), gray, torch.zeros_like(gray)))
-        x = (f * x + (1 - f) * degenerate).clamp(0, 1)
-        if x.shape[1] == 3:  # hue is the identity on one-channel images
-            x = torch.where(_per_sample(op == 3), _shift_hue(x, factors[3]), x)
+        for k, fn in enumerate(ops):
+            x = _apply_where(op == k, fn, x, factors[k])
     return x
 
 
@@ -371,13 +397,19 @@ def _equalize(v):
 
 def apply_ops(v: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """Apply op `op[i]` (an AUG_OPS id) with signed magnitude `magnitude[i]` to uint8 levels v[i] (floats 0..255)."""
-    geometric = (op >= OP["ShearX"]) & (op <= OP["Rotate"])
-    warped = _affine_nearest(v, _affine_matrices(op, magnitude, v.shape[-2], v.shape[-1]))
-    v = torch.where(_per_sample(geometric), warped, v)
-    v = _sharpen(_blend(v, op, magnitude), op, magnitude)
-    v = _solarize(_posterize(v, op, magnitude), op, magnitude)
-    v = torch.where(_per_sample(op == OP["AutoContrast"]), _autocontrast(v), v)
-    return torch.where(_per_sample(op == OP["Equalize"]), _equalize(v), v)
+    def warp(v, op, magnitude):
+        return _affine_nearest(v, _affine_matrices(op, magnitude, v.shape[-2], v.shape[-1]))
+
+    v = v.clone()
+    blended = (op == OP["Brightness"]) | (op == OP["Color"]) | (op == OP["Contrast"])
+    inverted = (op == OP["Solarize"]) | (op == OP["Invert"])
+    v = _apply_where((op >= OP["ShearX"]) & (op <= OP["Rotate"]), warp, v, op, magnitude)
+    v = _apply_where(blended, _blend, v, op, magnitude)
+    v = _apply_where(op == OP["Sharpness"], _sharpen, v, op, magnitude)
+    v = _apply_where(op == OP["Posterize"], _posterize, v, op, magnitude)
+    v = _apply_where(inverted, _solarize, v, op, magnitude)
+    v = _apply_where(op == OP["AutoContrast"], _autocontrast, v)
+    return _apply_where(op == OP["Equalize"], _equalize, v)
 
 
 def _on_levels(x, op, magnitude):

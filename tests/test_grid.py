@@ -30,7 +30,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def _cli(args, cache: Path):
-    return [sys.executable, "-m", "pllbench", *args], dict(os.environ, PLLBENCH_CACHE=str(cache))
+    return [sys.executable, "-m", "pllbench", *args], dict(os.environ, PLLBENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -203,7 +203,7 @@ def test_sigkill_then_rerun_runs_only_unfinished_jobs(tmp_path):
 
 def test_two_concurrent_grids_never_train_a_job_twice(tmp_path):
     runs = tmp_path / "runs"
-    args = ["run", "--methods", "proden,cc,rc", "--dataset", "synthetic:train=128", "--seeds", "0,1",
+    args = ["run", "--methods", "proden,cc,rc", "--dataset", "synthetic", "--seeds", "0,1",
             "--preset", "smoke", "--epochs", "2", "--no-progress", "--runs", str(runs)]
     cmd_a, env = _cli(args + ["--workers", "2"], tmp_path / "cache")
     cmd_b, _ = _cli(args, tmp_path / "cache")

@@ -166,3 +166,15 @@ def test_one_channel_views_equal_replicated_three_channel_views():
         three = maker.from_unit(maker.to_unit(gray), view, torch.Generator().manual_seed(0))
         assert one.shape == three.shape == (16, 3, 28, 28)
         assert (one - three).abs().max() < 1e-3, view  # up to float rounding of the luma (weights sum to 0.9999)
+
+
+@pytest.mark.parametrize("fn", [lambda x, g: views.auto_augment(x, g, "IMAGENET"), views.rand_augment,
+                                views.color_jitter])
+def test_subset_and_whole_batch_paths_agree(fn, monkeypatch):
+    """The CPU computes each op on its picked samples only; accelerators compute it on the whole batch and select
+    (no host sync). Both must give the same images."""
+    x = structured_images(48, 3, 24, 24, seed=9).float() / 255
+    subset = fn(x, torch.Generator().manual_seed(4))
+    monkeypatch.setattr(views, "SUBSET_DEVICES", ())
+    whole = fn(x, torch.Generator().manual_seed(4))
+    assert torch.equal(subset, whole)
