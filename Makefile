@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install -q 'torch>=2.4' 'torchvision>=0.19'
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -28,10 +32,10 @@ demo: setup data
 	$(VENV)/bin/pllbench candidates --dataset fmnist --preset quick $$DL && \
 	$(VENV)/bin/pllbench run --methods $(DEMO_METHODS) --dataset fmnist --preset quick --seeds $(DEMO_SEEDS) $$DL
 
-test: setup
+test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
-lint: setup
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 
 bench: setup

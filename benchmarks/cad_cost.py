@@ -78,32 +78,37 @@ def count_passes(method: torch.nn.Module) -> list:
     return seen
 
 
-def time_method(method, ctx, images, cands, args, device):
-    method.to(device).train()
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    gen = torch.Generator(device=device).manual_seed(0)
-    seen = count_passes(method)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
-    times, passes = [], []
-    for s in range(args.warmup + args.steps):
-        idx = order[(s * args.batch) % (len(images) - args.batch):][:args.batch]
-        if device.type == "cuda":
+class Timed:
+    """One method with its optimiser, view generator and pass counter; `step(s)` times one trainer step."""
+
+    def __init__(self, label, method, ctx, images, cands, batch, device):
+        self.label, self.method, self.ctx = label, method.to(device).train(), ctx
+        self.images, self.cands, self.batch, self.device = images, cands, batch, device
+        self.optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.seen = count_passes(method)
+        self.order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
+        self.times, self.passes = [], []
+
+    def step(self, s: int, record: bool) -> None:
+        idx = self.order[(s * self.batch) % (len(self.images) - self.batch):][:self.batch]
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        batch = Batch({v: ctx.views(images[idx], v, gen) for v in method.views}, cands[idx], idx, 1, s, gen)
-        seen.clear()
-        losses = method.training_step(batch)
-        optimizer.zero_grad(set_to_none=True)
+        views = {v: self.ctx.views(self.images[idx], v, self.gen) for v in self.method.views}
+        batch = Batch(views, self.cands[idx], idx, 1, s, self.gen)
+        self.seen.clear()
+        losses = self.method.training_step(batch)
+        self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        optimizer.step()
-        method.after_step(batch)
+        self.optimizer.step()
+        self.method.after_step(batch)
         float(losses["loss"].detach())
-        if device.type == "cuda":
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
-        if s >= args.warmup:
-            times.append(time.perf_counter() - start)
-            passes.append(sum(n * (3 if grad else 1) for n, grad in seen))
-    return float(np.median(times)), float(np.mean(passes))
+        if record:
+            self.times.append(time.perf_counter() - start)
+            self.passes.append(sum(n * (3 if grad else 1) for n, grad in self.seen))
 
 
 def main():
@@ -128,7 +133,7 @@ def main():
                             info.input_size, lambda inst, lab: identity.base[torch.from_numpy(inst)], chunk=4096)
         build_s = time.perf_counter() - start
         edit_bytes = (store.folder / "edits.npy").stat().st_size
-        rows = []
+        runs = []
         for name, hp in (("plain-ce", {}), ("cad", {"editor": "identity"}), ("cad", {"editor": "identity-stored"}),
                          ("cad-cam", {}), ("cad-norl", {"editor": "identity"})):
             cls = PlainCE if name == "plain-ce" else get_method(name)
@@ -138,13 +143,18 @@ def main():
                                 device=device, cache_dir=cache, candidates_hash="bench", preset="quick")
             full_hp = {**cls.hparams, "queue_size": 2048, **hp}
             torch.manual_seed(0)
-            seconds, passes = time_method(cls(ctx, full_hp), ctx, images, cands, args, device)
             label = cls.run_label(full_hp) if name != "plain-ce" else name
-            rows.append({"method": label, "s_per_step": seconds, "passes": passes})
-        del store
+            runs.append(Timed(label, cls(ctx, full_hp), ctx, images, cands, args.batch, device))
+        for s in range(args.warmup + args.steps):  # round robin: load drift on a shared machine hits every method
+            for run in runs:
+                run.step(s, record=s >= args.warmup)
+        rows = [{"method": r.label, "s_per_step": float(np.median(r.times)), "passes": float(np.mean(r.passes))}
+                for r in runs]
+        del store, runs
     base = rows[0]
     print(f"data: {source}; device {device} ({torch.get_num_threads()} threads); batch {args.batch}; "
-          f"E|S| = {mean_size:.3f}; {args.steps} timed steps (median) after {args.warmup} warm-up")
+          f"E|S| = {mean_size:.3f}; {args.steps} timed steps each (median; methods in turn) after {args.warmup} "
+          f"warm-up")
     print("| method | s/step | time ÷ plain CE | passes ÷ plain CE |")
     print("|---|---|---|---|")
     for r in rows:

@@ -2,7 +2,7 @@
 method's step cost against a plain cross-entropy step beside its image-pass ratio; measured side by side in one run.
 
 Ours: uint8 images on the device, batched views with per-sample draws (pllbench.views), the trainer's make_batch and
-train_step; on CUDA the networks and views are channels_last, `--bf16` adds bfloat16 autocast, `--compile`
+train_step, networks and views channels_last (as the trainer); `--bf16` adds bfloat16 autocast on CUDA, `--compile`
 torch.compiles the backbones.
 Reference (as the official code): a torch DataLoader over a Dataset that builds a PIL image per item and applies the
 per-image torchvision transforms of each view (protocols.md §3; RandAugment with its magnitude drawn per image),
@@ -138,7 +138,7 @@ class Pipeline:
 
 class Ours(Pipeline):
     def __init__(self, name, data, device, **kw):
-        super().__init__(name, data, device, **kw)
+        super().__init__(name, data, device, channels_last=True, **kw)
         self.images = data.train.images.to(device)
         self.cands = data.candidates.to(device)
         self.order = torch.empty(0, dtype=torch.long, device=device)
@@ -205,8 +205,7 @@ def throughput_table(args, data, device, variants) -> list[str]:
     print("\n".join(lines), flush=True)
     for name in args.methods:
         cuda = device.type == "cuda"
-        pipes = {v: Ours(name, data, device, bf16=v.startswith("bf16"), compile=args.compile, channels_last=cuda)
-                 for v in variants}
+        pipes = {v: Ours(name, data, device, bf16=v.startswith("bf16"), compile=args.compile) for v in variants}
         pipes["reference"] = Reference(name, data, device, args.workers)
         peaks = {}
         for key, pipe in pipes.items():  # warm-up: compilation, cuDNN plans, worker start-up, allocator
@@ -232,8 +231,7 @@ def throughput_table(args, data, device, variants) -> list[str]:
 
 def step_ratio_table(args, data, device, variant) -> list[str]:
     """Median step time of each method ÷ plain-CE step, beside the pass ratio and their quotient."""
-    cuda = device.type == "cuda"
-    kw = {"bf16": variant.startswith("bf16"), "compile": args.compile, "channels_last": cuda}
+    kw = {"bf16": variant.startswith("bf16"), "compile": args.compile}
     pipes = {"plain CE": Ours("plain-ce", data, device, method_cls=PlainCE, **kw)}
     pipes.update({name: Ours(name, data, device, **kw) for name in args.methods})
     for pipe in pipes.values():

@@ -184,10 +184,13 @@ def grid_spec(grid_file, methods, datasets, preset, seeds, epochs, hp_items, val
               help="ray/slurm: CPUs per job (default 1).")
 @click.option("--runs", "runs_dir", default=None, help="Results root (else $PLLBENCH_RUNS, ./runs).")
 @click.option("--no-progress", is_flag=True)
+@click.option("--compile", "compile_nets", is_flag=True, help="torch.compile the methods' backbones (speed only).")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast on CUDA (default fp32; a separate run id).")
 @common_data_options
 @click.pass_context
 def run(ctx, grid_file, methods, datasets, preset, seeds, epochs, hp_items, val_fraction, candidate_seed, launcher,
-        workers, address, gpus_per_job, cpus_per_job, runs_dir, no_progress, data_root, download, cache_dir, device):
+        workers, address, gpus_per_job, cpus_per_job, runs_dir, no_progress, compile_nets, bf16, data_root, download,
+        cache_dir, device):
     """Run a grid (methods × datasets × seeds): finished jobs are skipped, interrupted ones resume, failed ones
     are recorded without stopping the grid; then print a table of final accuracies and a line per failed job."""
     from .grid import RunEnv, record_grid
@@ -208,7 +211,8 @@ def run(ctx, grid_file, methods, datasets, preset, seeds, epochs, hp_items, val_
     data = data_root or os.environ.get("PLLBENCH_DATA")
     env = RunEnv(runs=str(root.resolve()), cache=str(cache_root(cache_dir).resolve()),
                  data_root=str(Path(data).resolve()) if data else None, download=download, device=device,
-                 progress=not no_progress, debug=ctx.obj["debug"], session=os.urandom(8).hex())
+                 progress=not no_progress, debug=ctx.obj["debug"], session=os.urandom(8).hex(),
+                 compile=compile_nets, bf16=bf16)
     jobs = spec.jobs()
     record_grid(root, spec)
     _echo_err(f"grid {spec.id}: {len(jobs)} jobs ({spec.describe()}) on the {options.launcher} launcher")

@@ -305,6 +305,8 @@ class RunEnv:
     progress: bool = False
     debug: bool = False
     session: str = ""  # one per `pllbench run`: prepared data is reused within it, re-verified by the next
+    compile: bool = False  # torch.compile the backbones (trainer.resolve_run_config)
+    bf16: bool = False  # bfloat16 autocast on CUDA (protocols.md §4: off by default)
 
 
 def _stderr(msg: str) -> None:
@@ -363,7 +365,8 @@ def execute_job(job: Job, env: RunEnv, echo=_stderr) -> dict:
     device = torch.device(env.device) if env.device else default_device()
     try:
         prep = _prepared(job, env, device, echo)
-        config = trainer.resolve_run_config(prep, job.method, job.seed, job.hp_cli(), job.epochs, job.val_fraction)
+        config = trainer.resolve_run_config(prep, job.method, job.seed, job.hp_cli(), job.epochs, job.val_fraction,
+                                            compile=env.compile, bf16=env.bf16)
     except Exception as exc:  # noqa: BLE001
         if env.debug:
             raise

@@ -175,7 +175,7 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
     else:
         torch.use_deterministic_algorithms(True)
     data, info = prep.data, prep.data.info
-    maker = ViewMaker(info, channels_last=cuda)
+    maker = ViewMaker(info, channels_last=True)  # NHWC convolutions, BN and pooling: faster on CPU and GPU
     train_images = data.train.images.to(device)
     test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
     cands = torch.from_numpy(prep.candidates.matrix).float().to(device)
@@ -197,8 +197,7 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
                         preset=cfg["name"], candidate_seed=int(prep.candidates.report["seed"]))
     torch.manual_seed(derive_seed("init", seed))
     method = get_method(config["method"])(ctx, hp).to(device)
-    if cuda:
-        method.to(memory_format=torch.channels_last)  # the views come out channels_last too
+    method.to(memory_format=torch.channels_last)  # as the views
     if config.get("compile"):
         compile_backbones(method)
 

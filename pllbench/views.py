@@ -384,7 +384,7 @@ def _equalize(v):
     """Per image and channel, PIL's equalisation LUT from the cumulative histogram, as torchvision. The cumulative
     histogram is read off the sorted levels with searchsorted: no scatter or bincount (nondeterministic atomics)."""
     n, channels, height, width = v.shape
-    flat = v.reshape(n * channels, height * width).to(torch.int16)
+    flat = v.reshape(n * channels, height * width).to(torch.int16).contiguous()
     ordered = flat.sort(dim=1).values
     levels = torch.arange(256, device=v.device, dtype=torch.int16).expand(n * channels, 256).contiguous()
     cumulative = torch.searchsorted(ordered, levels, right=True)  # pixels ≤ level
