@@ -32,17 +32,21 @@ class PlainCE(Method):
 
 
 class PassCounter:
-    """Counts images through every backbone (modules with `feature_map`), with and without grad."""
+    """Counts images through every backbone's `feature_map` (which `forward` calls too, and CAM/CEL call directly),
+    with and without grad, by wrapping it on the instance."""
 
     def __init__(self, module: torch.nn.Module):
         self.units = 0
         for sub in module.modules():
             if hasattr(sub, "feature_map"):
-                sub.register_forward_hook(self._hook)
+                sub.feature_map = self._counted(sub.feature_map)
 
-    def _hook(self, module, inputs, output):
-        n = inputs[0].shape[0]
-        self.units += n * (3 if torch.is_grad_enabled() else 1)
+    def _counted(self, feature_map):
+        def counted(x):
+            self.units += x.shape[0] * (3 if torch.is_grad_enabled() else 1)
+            return feature_map(x)
+
+        return counted
 
 
 @dataclass

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .augment import augment_cmd
+from .entangle_cli import entangle
 from .errors import PllbenchError
 
 
@@ -265,8 +267,8 @@ def leaderboard(runs_dir, out, preset, datasets):
         click.echo(str(path))
 
 
-cli.add_command(__import__("pllbench.entangle_cli", fromlist=["entangle"]).entangle)
-cli.add_command(__import__("pllbench.augment", fromlist=["augment_cmd"]).augment_cmd)
+cli.add_command(entangle)
+cli.add_command(augment_cmd)
 
 
 def main(argv=None) -> int:
@@ -287,7 +289,7 @@ def main(argv=None) -> int:
         _echo_err(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _echo_err("error: interrupted; finished epochs are checkpointed, rerun the same command to resume")
+        _echo_err("error: interrupted; finished work is kept, rerun the same command to resume")
         return 130
     return 0
 

@@ -137,11 +137,12 @@ def throughput_summary(curves: list[dict]) -> dict:
 def compile_backbones(method: torch.nn.Module) -> None:
     """torch.compile each backbone's `feature_map` in place (forward and the CAM/CEL calls go through it):
     parameters, state_dict keys and the method's own code are untouched; the convolutions dominate every step.
-    Teacher/student instances × grad mode × train/eval × edit-batch sizes need more graphs than dynamo's default 8."""
+    Shape-generic graphs (CAD's edit batches vary every step, and the disk cache then serves every batch size);
+    teacher/student × grad mode × train/eval still need more graphs than dynamo's default 8."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for module in method.modules():
         if hasattr(module, "feature_map"):
-            module.feature_map = torch.compile(module.feature_map)
+            module.feature_map = torch.compile(module.feature_map, dynamic=True)
 
 
 def make_batch(method, maker: ViewMaker, images, cands, idx, epoch: int, step: int, gen) -> Batch:

@@ -56,7 +56,7 @@ def _apply_where(pick, fn, x, *params):
         return torch.where(_per_sample(pick), fn(x, *params), x)
     rows = pick.nonzero().squeeze(1)
     if len(rows):
-        x[rows] = fn(x[rows], *(p[rows] for p in params))
+        x.index_copy_(0, rows, fn(x.index_select(0, rows), *(p.index_select(0, rows) for p in params)))
     return x
 
 
@@ -322,7 +322,9 @@ def _affine_nearest(v, theta):
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=v.device)
     base = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width),
                         torch.ones(height, width, device=v.device)], -1)
-    scaled = theta.transpose(1, 2) / torch.tensor([0.5 * width, 0.5 * height], device=v.device)
+    scaled = theta.transpose(1, 2).clone()  # divided by the half sizes as Python scalars: no host-to-device copy
+    scaled[..., 0] /= 0.5 * width
+    scaled[..., 1] /= 0.5 * height
     grid = base.view(1, height * width, 3).expand(n, -1, -1).bmm(scaled).view(n, height, width, 2)
     return F.grid_sample(v, grid.to(v.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -440,6 +442,7 @@ class ViewMaker:
         self.size = info.input_size
         self.mean = torch.tensor(info.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(info.std).view(1, 3, 1, 1)
+        self._moments_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         # Views come out channels_last when the networks run channels_last (the trainer sets it on CUDA).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # 32-px settings scale with the image side (smoke's 16 px: pad 2, cutout 8).
@@ -453,13 +456,20 @@ class ViewMaker:
             x = x.expand(-1, 3, -1, -1)
         return x
 
+    def _moments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std on `device`, copied once (a copy per call would be a host-to-device transfer per step)."""
+        if device not in self._moments_on:
+            self._moments_on[device] = (self.mean.to(device), self.std.to(device))
+        return self._moments_on[device]
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(x − mean) / std; a one-channel x broadcasts to three channels."""
-        out = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return out.contiguous(memory_format=self.memory_format)
+        mean, std = self._moments(x.device)
+        return ((x - mean) / std).contiguous(memory_format=self.memory_format)
 
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.std.to(x.device) + self.mean.to(x.device)
+        mean, std = self._moments(x.device)
+        return x * std + mean
 
     def __call__(self, images: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
         return self.from_unit(images.float() / 255, view, gen)  # gray stays one channel until normalize

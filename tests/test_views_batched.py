@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -178,3 +179,54 @@ def test_subset_and_whole_batch_paths_agree(fn, monkeypatch):
     monkeypatch.setattr(views, "SUBSET_DEVICES", ())
     whole = fn(x, torch.Generator().manual_seed(4))
     assert torch.equal(subset, whole)
+
+
+class HostSync(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Inside: every Python-level device→host read raises (what would stall a CUDA stream once per step), and the
+    views take their accelerator path (whole batch + torch.where)."""
+
+    def refuse(name):
+        def read(*args, **kwargs):
+            raise HostSync(f"host read via {name}")
+
+        return read
+
+    getitem, setitem = torch.Tensor.__getitem__, torch.Tensor.__setitem__
+
+    def masked(index):
+        parts = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+
+    def checked_get(self, index):
+        if masked(index):
+            raise HostSync("boolean-mask indexing")
+        return getitem(self, index)
+
+    def checked_set(self, index, value):
+        if masked(index):
+            raise HostSync("boolean-mask assignment")
+        return setitem(self, index, value)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(views, "SUBSET_DEVICES", ())
+        for name in ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__"):
+            patch.setattr(torch.Tensor, name, refuse(name))
+        patch.setattr(torch, "nonzero", refuse("torch.nonzero"))
+        patch.setattr(torch.Tensor, "__getitem__", checked_get)
+        patch.setattr(torch.Tensor, "__setitem__", checked_set)
+        yield
+
+
+@pytest.mark.parametrize("family,size,channels", [("28", 28, 1), ("32", 16, 3), ("224", 240, 3)])
+def test_views_read_nothing_back_on_accelerators(family, size, channels):
+    info = views.DatasetInfo("t", 10, channels, 224 if family == "224" else size, (0.5,) * 3, (0.25,) * 3, family)
+    maker = views.ViewMaker(info)
+    images = structured_images(4, channels, size, size)
+    with no_host_reads():
+        for view in views.VIEW_NAMES:
+            maker(images, view, torch.Generator().manual_seed(0))

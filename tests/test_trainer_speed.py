@@ -1,0 +1,72 @@
+"""Trainer speed features: no host read per step, throughput records, run ids of the speed options, compile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import smoke_run
+from test_views_batched import no_host_reads
+
+from pllbench.method import MethodContext, get_method, parse_hp_overrides
+from pllbench.prepare import prepare
+from pllbench.trainer import compile_backbones, make_batch, resolve_run_config, run_id, train_step
+from pllbench.views import ViewMaker
+
+
+def _method(name, smoke_cache):
+    prep = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=torch.device("cpu"), echo=lambda *_: None)
+    maker = ViewMaker(prep.data.info, channels_last=True)
+    cands = torch.from_numpy(prep.candidates.matrix).float()
+    cfg = prep.preset
+    ctx = MethodContext(4, len(cands), cands, cfg["backbone"], cfg["proj_dim"], 2, 4, cfg["batch_size"], "synthetic",
+                        maker, prep.data.train.images)
+    torch.manual_seed(0)
+    config = resolve_run_config(prep, name, 0, parse_hp_overrides([]))
+    method = get_method(name)(ctx, config["hparams"]).to(memory_format=torch.channels_last)
+    return prep, maker, cands, method
+
+
+@pytest.mark.parametrize("name", ["dirk", "dirk-ref", "proden"])
+def test_a_step_reads_nothing_back(name, smoke_cache):
+    """make_batch + train_step (views, forwards, backward, SGD, EMA) without one device→host read."""
+    prep, maker, cands, method = _method(name, smoke_cache)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9)
+    with no_host_reads():
+        for step in range(2):
+            idx = torch.arange(16) + 16 * step
+            batch = make_batch(method, maker, prep.data.train.images, cands, idx, 1, step, torch.Generator())
+            train_step(method, optimizer, batch, torch.autocast("cpu", enabled=False))
+
+
+def test_curves_and_final_record_throughput(smoke_cache, tmp_path):
+    final, run_dir, _ = smoke_run("proden", smoke_cache, tmp_path / "runs", epochs=2)
+    curves = [json.loads(line) for line in (run_dir / "curves.jsonl").read_text().splitlines()]
+    for record in curves:
+        assert 0 < record["train_seconds"] <= record["seconds"]
+        assert record["samples_per_sec"] == pytest.approx(4 * 16 / record["train_seconds"], rel=0.01)
+        assert record["peak_mem_mb"] > 0
+    speed = final["throughput"]
+    assert speed["peak_mem_mb"] == max(r["peak_mem_mb"] for r in curves)
+    assert speed["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in curves), abs=0.02)
+
+
+def test_run_ids_of_the_speed_options(smoke_cache):
+    prep = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=torch.device("cpu"), echo=lambda *_: None)
+    plain = resolve_run_config(prep, "dirk", 0, {})
+    assert plain["compile"] is False and plain["bf16"] is False
+    legacy = {k: v for k, v in plain.items() if k not in ("compile", "bf16")}  # a config from before the options
+    assert run_id(plain) == run_id(legacy) == run_id(resolve_run_config(prep, "dirk", 0, {}, compile=True))
+    assert run_id(resolve_run_config(prep, "dirk", 0, {}, bf16=True)) != run_id(plain)
+
+
+@pytest.mark.slow
+def test_compiled_backbones_match_eager(smoke_cache):
+    _, maker, _, method = _method("dirk", smoke_cache)
+    x = maker(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), "base", None)
+    method.eval()
+    eager, keys = method.predict(x), list(method.state_dict())
+    compile_backbones(method)
+    assert list(method.state_dict()) == keys
+    assert torch.allclose(method.predict(x), eager, atol=1e-4)
