@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pllbench.losses import candidate_argmax, renormalize, soft_cross_entropy
-from pllbench.method import Batch, Method, register_method
+from pllbench.losses import candidate_argmax
+from pllbench.method import register_method
+from pllbench.methods.proden import PRODEN
 
 
 def cavl_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -23,30 +24,6 @@ def cavl_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("cavl")
-class CAVL(Method):
+class CAVL(PRODEN):
     summary = "CAVL (ICLR'22): one-hot targets at the candidate with the largest class activation value"
-    views = ("cls",)
-    hparams: dict = {}
-
-    def __init__(self, ctx, hp):
-        super().__init__(ctx, hp)
-        self.net = ctx.classifier()
-        cands = ctx.candidates.float()
-        self.register_buffer("bank", renormalize(cands, cands).cpu())
-
-    def training_step(self, batch: Batch):
-        logits = self.net(batch.views["cls"])
-        self._new_rows = cavl_update(logits, batch.candidates)
-        return {"loss": soft_cross_entropy(logits, self.bank[batch.index])}
-
-    def after_step(self, batch: Batch):
-        self.bank[batch.index] = self._new_rows
-
-    def predict(self, x):
-        return self.net(x)
-
-    def features(self, x):
-        return self.net.features(x)
-
-    def confidences(self):
-        return self.bank
+    bank_update = staticmethod(cavl_update)

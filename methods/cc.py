@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from pllbench.method import Batch, Method, register_method
+from pllbench.method import Batch, ClassifierMethod, register_method
 
 
 def cc_loss(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -20,20 +20,9 @@ def cc_loss(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("cc")
-class CC(Method):
+class CC(ClassifierMethod):
     summary = "CC (NeurIPS'20): maximise the total probability of the candidate set"
-    views = ("cls",)
     hparams: dict = {}
-
-    def __init__(self, ctx, hp):
-        super().__init__(ctx, hp)
-        self.net = ctx.classifier()
 
     def training_step(self, batch: Batch):
         return {"loss": cc_loss(self.net(batch.views["cls"]), batch.candidates)}
-
-    def predict(self, x):
-        return self.net(x)
-
-    def features(self, x):
-        return self.net.features(x)

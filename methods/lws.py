@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from pllbench.losses import renormalize
-from pllbench.method import Batch, Method, register_method
+from pllbench.method import Batch, ClassifierMethod, register_method
 
 
 def lws_loss(logits: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor, lambda0: float,
@@ -32,14 +32,12 @@ def lws_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("lws")
-class LWS(Method):
+class LWS(ClassifierMethod):
     summary = "LWS (ICML'21): leveraged weighted sigmoid loss over candidates and non-candidates"
-    views = ("cls",)
     hparams = {"lambda0": 1.0, "lambda1": 2.0}
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        self.net = ctx.classifier()
         self.register_buffer("weights", torch.full((ctx.num_train, ctx.num_classes), 1.0 / ctx.num_classes))
 
     def training_step(self, batch: Batch):
@@ -50,12 +48,6 @@ class LWS(Method):
 
     def after_step(self, batch: Batch):
         self.weights[batch.index] = self._new_rows
-
-    def predict(self, x):
-        return self.net(x)
-
-    def features(self, x):
-        return self.net.features(x)
 
     def confidences(self):
         return self.weights

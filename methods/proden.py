@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from pllbench.losses import renormalize, soft_cross_entropy
-from pllbench.method import Batch, Method, register_method
+from pllbench.method import Batch, ClassifierMethod, register_method
 
 
 def proden_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -18,29 +18,26 @@ def proden_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("proden")
-class PRODEN(Method):
+class PRODEN(ClassifierMethod):
+    """PRODEN's loss on a bank initialised to Y/|S|; subclasses change only `bank_update` (CAVL) or when the
+    new rows are committed (RC)."""
+
     summary = "PRODEN (ICML'20): self-training on a candidate-renormalised confidence bank"
-    views = ("cls",)
     hparams: dict = {}
+    bank_update = staticmethod(proden_update)
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        self.net = ctx.classifier()
-        self.register_buffer("bank", renormalize(ctx.candidates.float(), ctx.candidates.float()).cpu())
+        cands = ctx.candidates.float()
+        self.register_buffer("bank", renormalize(cands, cands))
 
     def training_step(self, batch: Batch):
         logits = self.net(batch.views["cls"])
-        self._new_rows = proden_update(logits, batch.candidates)
+        self._new_rows = self.bank_update(logits, batch.candidates)
         return {"loss": soft_cross_entropy(logits, self.bank[batch.index])}
 
     def after_step(self, batch: Batch):
         self.bank[batch.index] = self._new_rows
-
-    def predict(self, x):
-        return self.net(x)
-
-    def features(self, x):
-        return self.net.features(x)
 
     def confidences(self):
         return self.bank

@@ -15,39 +15,19 @@ after each step).
 
 from __future__ import annotations
 
-from pllbench.losses import renormalize, soft_cross_entropy
-from pllbench.method import Batch, Method, register_method
-from pllbench.methods.proden import proden_update
+from pllbench.method import Batch, register_method
+from pllbench.methods.proden import PRODEN
 
 
 @register_method("rc")
-class RC(Method):
+class RC(PRODEN):
     summary = "RC (NeurIPS'20): risk-consistent confidence reweighting, bank refreshed once per epoch"
-    views = ("cls",)
-    hparams: dict = {}
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        self.net = ctx.classifier()
-        cands = ctx.candidates.float()
-        self.register_buffer("bank", renormalize(cands, cands).cpu())
         self.register_buffer("pending", self.bank.clone())
-
-    def training_step(self, batch: Batch):
-        logits = self.net(batch.views["cls"])
-        self._new_rows = proden_update(logits, batch.candidates)
-        return {"loss": soft_cross_entropy(logits, self.bank[batch.index])}
 
     def after_step(self, batch: Batch):
         self.pending[batch.index] = self._new_rows
         if (batch.step + 1) % self.ctx.steps_per_epoch == 0:  # the epoch's last step: commit
             self.bank.copy_(self.pending)
-
-    def predict(self, x):
-        return self.net(x)
-
-    def features(self, x):
-        return self.net.features(x)
-
-    def confidences(self):
-        return self.bank

@@ -103,6 +103,22 @@ class Method(nn.Module):
         return cls.name
 
 
+class ClassifierMethod(Method):
+    """The single-network family: `self.net` = backbone + fc on the cls view, which also predicts and embeds."""
+
+    views = ("cls",)
+
+    def __init__(self, ctx: MethodContext, hp: dict):
+        super().__init__(ctx, hp)
+        self.net = ctx.classifier()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
 _METHODS: dict[str, type[Method]] = {}
 
 
