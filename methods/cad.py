@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from pllbench.edits import open_edits
 from pllbench.errors import PllbenchError
 from pllbench.losses import log1m_softmax, moco_loss, remove_self, weighted_contrastive_loss
-from pllbench.method import Batch, Method, register_method
-from pllbench.nets import ema_update
+from pllbench.method import Batch, EMATeacherMethod, register_method
 from pllbench.queue import RingQueue
 
 
@@ -56,7 +55,7 @@ def class_mask(anchor_labels: torch.Tensor, all_labels: torch.Tensor) -> torch.T
 
 
 @register_method("cad")
-class CAD(Method):
+class CAD(EMATeacherMethod):
     summary = "CAD (CVPR'26): EMA-teacher weighted penalty + alignment over class-specific edits (stored edits)"
     family = "cad"
     views = ("cls",)
@@ -65,10 +64,6 @@ class CAD(Method):
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        self.student = ctx.supcon_net()
-        self.teacher = ctx.supcon_net()  # initialised separately, not copied [official]
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.align = hp["align_weight"] > 0
         if self.align:
             self.queue = RingQueue(hp["queue_size"], {"feat": ((ctx.proj_dim,), torch.float32, "unit"),
@@ -122,15 +117,6 @@ class CAD(Method):
         else:
             loss_align = moco_loss(query, key, snap["feat"], self.hp["tau"])
         return {"cls": loss_cls, "align": loss_align, "loss": loss_cls + self.hp["align_weight"] * loss_align}
-
-    def after_step(self, batch: Batch):
-        ema_update(self.teacher, self.student, self.hp["ema"])
-
-    def predict(self, x):
-        return self.student.logits(x)
-
-    def features(self, x):
-        return self.student.features(x)
 
 
 ABLATIONS = {

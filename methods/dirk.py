@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from pllbench.losses import moco_loss, remove_self, soft_cross_entropy, weighted_contrastive_loss
-from pllbench.method import Batch, Method, register_method
-from pllbench.nets import ema_update
+from pllbench.method import Batch, EMATeacherMethod, register_method
 from pllbench.queue import RingQueue
 
 
@@ -40,7 +39,7 @@ def ref_mask(cands_anchor, cands_all, dist_anchor, dist_all) -> torch.Tensor:
 
 
 @register_method("dirk")
-class DIRK(Method):
+class DIRK(EMATeacherMethod):
     summary = "DIRK (AAAI'24): EMA teacher, rectified confidences distilled by cross-entropy"
     views = ("cls", "strong")
     hparams = {"ref_weight": 0.0, "tau": 0.07, "tau_d": 0.4, "ema": 0.99, "queue_size": 4096, "prot_start": 1,
@@ -48,10 +47,6 @@ class DIRK(Method):
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        self.student = ctx.supcon_net()
-        self.teacher = ctx.supcon_net()  # initialised separately, not copied [official]
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         k = ctx.num_classes
         self.use_ref = hp["ref_weight"] > 0
         if self.use_ref:
@@ -88,15 +83,6 @@ class DIRK(Method):
             loss_ref = moco_loss(query, key, snap["feat"], self.hp["tau"])
         out.update(ref=loss_ref, loss=loss_teach + self.hp["ref_weight"] * loss_ref)
         return out
-
-    def after_step(self, batch: Batch):
-        ema_update(self.teacher, self.student, self.hp["ema"])
-
-    def predict(self, x):
-        return self.student.logits(x)
-
-    def features(self, x):
-        return self.student.features(x)
 
 
 @register_method("dirk-ref")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .errors import PllbenchError
-from .nets import Classifier, SupConNet, build_backbone
+from .nets import Classifier, SupConNet, build_backbone, ema_update
 from .views import ViewMaker
 
 
@@ -117,6 +117,27 @@ class ClassifierMethod(Method):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x)
+
+
+class EMATeacherMethod(Method):
+    """The student/EMA-teacher shell (DIRK, CAD): two separately initialised SupConNets, the teacher frozen and
+    updated by EMA (`hp["ema"]`) after every step; the student predicts and embeds."""
+
+    def __init__(self, ctx: MethodContext, hp: dict):
+        super().__init__(ctx, hp)
+        self.student = ctx.supcon_net()
+        self.teacher = ctx.supcon_net()  # initialised separately, not copied [official]
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def after_step(self, batch: Batch) -> None:
+        ema_update(self.teacher, self.student, self.hp["ema"])
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.logits(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.features(x)
 
 
 _METHODS: dict[str, type[Method]] = {}

@@ -99,9 +99,10 @@ def log_attempt(run_dir: Path, event: str, **fields) -> None:
         fh.write(line)
 
 
-def read_attempts(run_dir: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The parseable lines of a JSON-lines file (a missing file or a torn last line is skipped)."""
     try:
-        lines = (run_dir / ATTEMPTS).read_text().splitlines()
+        lines = path.read_text().splitlines()
     except OSError:
         return []
     out = []
@@ -109,6 +110,10 @@ def read_attempts(run_dir: Path) -> list[dict]:
         with contextlib.suppress(ValueError):
             out.append(json.loads(line))
     return out
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    return read_jsonl(run_dir / ATTEMPTS)
 
 
 def record_failure(run_dir: Path, error: str, kind: str, job: dict | None = None, traceback: str | None = None):
@@ -116,15 +121,7 @@ def record_failure(run_dir: Path, error: str, kind: str, job: dict | None = None
 
 
 def read_curves(run_dir: Path) -> list[dict]:
-    try:
-        lines = (run_dir / "curves.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
-    return out
+    return read_jsonl(run_dir / "curves.jsonl")
 
 
 @dataclass
