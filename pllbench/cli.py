@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .augment import augment_cmd
+from .cli_options import common_data_options
 from .entangle_cli import entangle
 from .errors import PllbenchError
 
@@ -61,12 +62,6 @@ def _device(name: str | None):
     return device
 
 
-def common_data_options(fn):
-    fn = click.option("--data-root", default=None, help="Folder holding the datasets (else $PLLBENCH_DATA).")(fn)
-    fn = click.option("--download", is_flag=True, help="Allow fetching a missing dataset over the network.")(fn)
-    fn = click.option("--cache-dir", default=None, help="Artifact cache (else $PLLBENCH_CACHE, ~/.cache/pllbench).")(fn)
-    fn = click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")(fn)
-    return fn
 
 
 @click.group()

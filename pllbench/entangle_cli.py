@@ -23,6 +23,7 @@ import click
 import numpy as np
 import torch
 
+from .cli_options import common_data_options
 from .entangle import (
     DEFAULT_BLOCK,
     DEFAULT_THRESHOLDS,
@@ -240,13 +241,6 @@ def write_plots(folder: Path, subsets: Subsets, records: list[dict], extras: lis
     return written
 
 
-def _data_options(fn):
-    """The data options every pllbench command takes (the same four as pllbench.cli's)."""
-    fn = click.option("--data-root", default=None, help="Folder holding the datasets (else $PLLBENCH_DATA).")(fn)
-    fn = click.option("--download", is_flag=True, help="Allow fetching a missing dataset over the network.")(fn)
-    fn = click.option("--cache-dir", default=None, help="Artifact cache (else $PLLBENCH_CACHE, ~/.cache/pllbench).")(fn)
-    fn = click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")(fn)
-    return fn
 
 
 @click.command("entangle")
@@ -266,7 +260,7 @@ def _data_options(fn):
 @click.option("--float64", "use_float64", is_flag=True, help="Score the pairs in float64 (default float32).")
 @click.option("--block", default=DEFAULT_BLOCK, show_default=True, type=click.IntRange(min=1),
               help="Row and column block size of the pair search.")
-@_data_options
+@common_data_options
 def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots_dir, tsne_points, use_float64, block,
              data_root, download, cache_dir, device):
     """Entangled subsets (top p% most similar cross-class pairs) and every finished run's accuracy on them."""
