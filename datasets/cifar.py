@@ -8,7 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pllbench.data import DatasetInfo, Split, missing_dataset_error, register_dataset
+from pllbench.data import (
+    DatasetInfo,
+    Split,
+    corrupt_file_error,
+    missing_dataset_error,
+    register_dataset,
+    torchvision_download,
+)
+from pllbench.errors import PllbenchError
+
+
+class ForeignPickle(PllbenchError, pickle.UnpicklingError):
+    """A CIFAR file that asks for a global other than numpy's array reconstruction (never loaded)."""
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -20,12 +32,18 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+        raise ForeignPickle(f"refusing to load {module}.{name} from a CIFAR batch")
 
 
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as fh:
-        data = _ArrayOnlyUnpickler(fh, encoding="latin1").load()
+        try:
+            data = _ArrayOnlyUnpickler(fh, encoding="latin1").load()
+        except ForeignPickle as exc:
+            raise ForeignPickle(f"{path}: {exc}; it is not a CIFAR file: delete it and rerun with --download") \
+                from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise corrupt_file_error(path, " ".join(str(exc).split()) or type(exc).__name__) from None
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
@@ -51,9 +69,7 @@ class _Cifar:
             raise missing_dataset_error(self.name, [])
         base = root / self.folder
         if download:
-            import torchvision
-
-            getattr(torchvision.datasets, self.torchvision_class)(str(root), train=True, download=True)
+            torchvision_download(self.name, self.torchvision_class, root, train=True)
         needed = [base / f for f in self.train_files + self.test_files + [self.meta_file]]
         if not all(p.is_file() for p in needed):
             raise missing_dataset_error(self.name, [base])

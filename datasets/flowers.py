@@ -10,10 +10,29 @@ from pathlib import Path
 
 import torch
 
-from pllbench.data import DatasetInfo, Split, decode_square, missing_dataset_error, register_dataset
+from pllbench.data import (
+    DatasetInfo,
+    Split,
+    corrupt_file_error,
+    decode_square,
+    missing_dataset_error,
+    register_dataset,
+    torchvision_download,
+)
 from pllbench.util import cache_root
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _read_mat(path: Path) -> dict:
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(path, squeeze_me=True)
+    except Exception as exc:  # noqa: BLE001 — scipy raises OSError, IndexError, MatReadError, ... for a damaged file
+        if getattr(exc, "errno", None) is not None:  # a real I/O error (permission, ...)
+            raise
+        raise corrupt_file_error(path, " ".join(str(exc).split()) or type(exc).__name__) from None
 
 
 @register_dataset("flowers")
@@ -33,16 +52,12 @@ class Flowers102:
             raise missing_dataset_error("flowers", [])
         base = root / "flowers-102"
         if download:
-            import torchvision
-
-            torchvision.datasets.Flowers102(str(root), split="train", download=True)
+            torchvision_download("flowers", "Flowers102", root, split="train")
         needed = [base / "jpg", base / "imagelabels.mat", base / "setid.mat"]
         if not all(p.exists() for p in needed):
             raise missing_dataset_error("flowers", [base])
-        from scipy.io import loadmat
-
-        set_ids = loadmat(base / "setid.mat", squeeze_me=True)
-        labels = loadmat(base / "imagelabels.mat", squeeze_me=True)["labels"]
+        set_ids = _read_mat(base / "setid.mat")
+        labels = _read_mat(base / "imagelabels.mat")["labels"]
         keys = {"train": "trnid", "val": "valid", "test": "tstid"}
         out = []
         for split in splits:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pllbench.data import DatasetInfo, Split, missing_dataset_error, register_dataset
+from pllbench.data import (
+    DatasetInfo,
+    Split,
+    corrupt_file_error,
+    missing_dataset_error,
+    register_dataset,
+    torchvision_download,
+)
 from pllbench.errors import PllbenchError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -24,15 +32,17 @@ def read_idx(path: Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError):
-            raise PllbenchError(f"{path} is a damaged gzip file; delete it and fetch it again") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise corrupt_file_error(path, f"damaged gzip data: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise PllbenchError(f"{path} is not a uint8 IDX file")
+        raise corrupt_file_error(path, "not a uint8 IDX file")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise corrupt_file_error(path, "the IDX header is cut short")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise PllbenchError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+        raise corrupt_file_error(path, f"expected {int(np.prod(dims))} values, found {data.size}")
     return data.reshape(dims)
 
 
@@ -56,10 +66,8 @@ class FashionMNIST:
         if download:
             if root is None:
                 raise missing_dataset_error("fmnist", folders, "--download needs --data-root or PLLBENCH_DATA.")
-            import torchvision
-
-            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-            torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+            torchvision_download("fmnist", "FashionMNIST", root, train=True)
+            torchvision_download("fmnist", "FashionMNIST", root, train=False)
         for folder in folders:
             paths = {split: [_find(folder, stem) for stem in stems] for split, stems in FILES.items()}
             if all(p is not None for pair in paths.values() for p in pair):
@@ -71,5 +79,6 @@ class FashionMNIST:
         images = read_idx(images_path)
         labels = read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise PllbenchError(f"{images_path} and {labels_path} do not form an image/label pair")
+            raise PllbenchError(f"{images_path} and {labels_path} do not form an image/label pair; delete both and "
+                                f"rerun with --download")
         return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))

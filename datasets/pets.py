@@ -6,7 +6,15 @@ from pathlib import Path
 
 import torch
 
-from pllbench.data import DatasetInfo, Split, decode_square, missing_dataset_error, register_dataset
+from pllbench.data import (
+    DatasetInfo,
+    Split,
+    corrupt_file_error,
+    decode_square,
+    missing_dataset_error,
+    register_dataset,
+    torchvision_download,
+)
 from pllbench.util import cache_root
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -24,9 +32,7 @@ class OxfordPets:
             raise missing_dataset_error("pets", [])
         base = root / "oxford-iiit-pet"
         if download:
-            import torchvision
-
-            torchvision.datasets.OxfordIIITPet(str(root), split="trainval", download=True)
+            torchvision_download("pets", "OxfordIIITPet", root, split="trainval")
         if not all((base / p).exists() for p in ("images", "annotations/trainval.txt", "annotations/test.txt")):
             raise missing_dataset_error("pets", [base])
         splits, names = [], {}
@@ -35,9 +41,12 @@ class OxfordPets:
             for line in (base / "annotations" / f"{split}.txt").read_text().splitlines():
                 if not line.strip() or line.startswith("#"):
                     continue
-                image_id, label = line.split()[:2]
+                try:
+                    image_id, label = line.split()[:2]
+                    labels.append(int(label) - 1)
+                except ValueError:
+                    raise corrupt_file_error(base / "annotations" / f"{split}.txt", f"bad line {line!r}") from None
                 ids.append(image_id)
-                labels.append(int(label) - 1)
                 names[labels[-1]] = " ".join(part.title() for part in image_id.rsplit("_", 1)[0].split("_"))
             cache = cache_root() / "decoded" / f"pets-{split}-{len(ids)}.npy"
             images = decode_square([base / "images" / f"{i}.jpg" for i in ids], cache_file=cache)

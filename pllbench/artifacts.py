@@ -1,7 +1,8 @@
 """Content-addressed artifacts (candidates.md §4): `<root>/<kind>/<h>`, meta.json with the full key and checksums.
 
-Builders write into `<h>.tmp-<pid>` and rename it into place; a lock file serialises concurrent builders; loading
-refuses an artifact whose stored key or file checksums differ from what is asked for.
+Builders write into `<h>.tmp-<pid>` and rename it into place; a lock file serialises concurrent builders (so the
+lock holder may delete the `<h>.tmp-*` folders of killed ones); loading refuses an artifact whose stored key or file
+checksums differ from what is asked for.
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ def artifact_dir(root: Path, kind: str, key: dict) -> Path:
     return Path(root) / kind / key_hash(key)
 
 
-def verify(path: Path, kind: str, key: dict) -> dict:
-    """Check meta.json's key and every recorded checksum; return the meta."""
+def verify(path: Path, kind: str, key: dict | None = None) -> dict:
+    """Check meta.json's key (given, or whichever hashes to the folder's name) and every checksum; return the meta."""
     meta_path = path / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError
     except (OSError, ValueError):
         raise PllbenchError(f"{kind} artifact {path} has no readable meta.json; delete the folder to rebuild it") \
             from None
+    if key is None and isinstance(meta.get("key"), dict) and key_hash(meta["key"]) == Path(path).name:
+        key = meta["key"]
     if meta.get("key") != key:
         raise PllbenchError(f"{kind} artifact {path} was built for another key (hash collision or edited "
                             f"meta.json); delete the folder to rebuild it")
@@ -59,8 +64,9 @@ def load_or_build(root: Path, kind: str, key: dict, build: Callable[[Path], dict
     with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():
             return path, verify(path, kind, key)
+        for stale in path.parent.glob(f"{path.name}.tmp-*"):  # of builders killed before their rename
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             extra = build(tmp) or {}

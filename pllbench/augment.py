@@ -142,12 +142,16 @@ def weights_fingerprint(folder: Path) -> str:
 
 
 VERSION_KEYS = ("transformers_version", "_diffusers_version", "_name_or_path", "_class_name")
+# diffusers lists the defaulted keys from a set, in an order that changes with each process's string hashing: with it
+# the tiny editor's weights hash, so its artifact key, differed per process and a killed build never resumed.
+UNORDERED_KEYS = ("_use_default_values",)
 
 
 def _config_text(config) -> str:
     """A component's config as sorted JSON, without library-version fields (infinities written as such)."""
     items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return json.dumps({k: v for k, v in items.items() if k not in VERSION_KEYS}, sort_keys=True, default=str)
+    return json.dumps({k: v for k, v in items.items() if k not in VERSION_KEYS + UNORDERED_KEYS}, sort_keys=True,
+                      default=str)
 
 
 def modules_fingerprint(pipe) -> str:
@@ -354,13 +358,15 @@ def augment(dataset: str, preset: str, seed: int, *, model: str | EditModel = DE
     """Build (or reuse) the edit artifact of one run's candidates; returns (EditStore, summary dict)."""
     from tqdm import tqdm
 
-    from .data import parse_dataset_name
+    from .data import get_dataset, parse_dataset_name
     from .prepare import default_device, prepare
+    from .presets import resolve_preset
 
     if resolution % 8:
         raise PllbenchError(f"--resolution {resolution} must be a multiple of 8 (the VAE's latent stride)")
     device = device or default_device()
-    prompt_table(prompts, parse_dataset_name(dataset)[0])  # fail before the data and the model
+    resolve_preset(preset, get_dataset(dataset).info().name)  # unknown names fail before the data and the model
+    prompt_table(prompts, parse_dataset_name(dataset)[0])
     edit_model = model if isinstance(model, EditModel) else resolve_model(model, download)
     prep = prepare(dataset, preset, seed, root=root, download=download, cache=cache, device=device, echo=echo)
     info, cands = prep.data.info, prep.candidates.matrix

@@ -12,7 +12,7 @@ import click
 from .augment import augment_cmd
 from .cli_options import common_data_options
 from .entangle_cli import entangle
-from .errors import PllbenchError
+from .errors import PllbenchError, os_error_message
 
 
 def _echo_err(msg: str) -> None:
@@ -58,7 +58,7 @@ def _device(name: str | None):
     except RuntimeError:
         raise PllbenchError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PllbenchError("--device cuda asked for, but no CUDA device is available")
+        raise PllbenchError("--device cuda asked for, but no CUDA device is available; pass --device cpu")
     return device
 
 
@@ -257,6 +257,8 @@ def leaderboard(runs_dir, out, preset, datasets):
     from .grid import split_datasets
     from .leaderboard import write_leaderboards
 
+    if Path(out).exists() and not Path(out).is_dir():
+        raise PllbenchError(f"--out {out} is a file; pass --out DIR with a folder for the leaderboards")
     for path in write_leaderboards(runs_root(runs_dir), Path(out), preset,
                                    split_datasets(datasets) if datasets else None):
         click.echo(str(path))
@@ -276,12 +278,20 @@ def main(argv=None) -> int:
     except click.ClickException as exc:
         if debug:
             raise
-        _echo_err(f"error: {exc.format_message()}")
+        message = " ".join(exc.format_message().split())
+        if isinstance(exc, click.UsageError):
+            message += f" (see `{exc.ctx.command_path if exc.ctx else 'pllbench'} --help`)"
+        _echo_err(f"error: {message}")
         return exc.exit_code or 2
     except PllbenchError as exc:
         if debug:
             raise
         _echo_err(f"error: {exc}")
+        return 2
+    except OSError as exc:  # a full disk, a refused write, ...: finished files are complete (atomic writes)
+        if debug:
+            raise
+        _echo_err(f"error: {os_error_message(exc)}")
         return 2
     except KeyboardInterrupt:
         _echo_err("error: interrupted; finished work is kept, rerun the same command to resume")

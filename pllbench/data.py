@@ -118,6 +118,25 @@ def missing_dataset_error(name: str, tried: list[Path | str], hint: str = "") ->
     )
 
 
+def torchvision_download(name: str, tv_class: str, root: Path, **kwargs) -> None:
+    """torchvision's downloader for `--download`, its failures (no network, a mirror down) as one line."""
+    import torchvision
+
+    try:
+        getattr(torchvision.datasets, tv_class)(str(root), download=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise PllbenchError(f"downloading {name!r} into {root} failed ({reason}); check the network, or copy the "
+                            "dataset there and rerun without --download (files already fetched are kept and "
+                            "checked on the next run)") from exc
+
+
+def corrupt_file_error(path: Path, why: str) -> PllbenchError:
+    """A data file that exists but cannot be parsed: most often the remains of an interrupted download."""
+    return PllbenchError(f"{path} is truncated or corrupt ({why}), probably from an interrupted download; delete it "
+                         f"and rerun with --download (or copy an intact file there)")
+
+
 def stratified_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> np.ndarray:
     """Per class, the first `per_class` of a default_rng(seed) permutation of its indices; sorted."""
     labels_np = labels.numpy()
@@ -161,14 +180,19 @@ def decode_square(paths: list[Path], side: int = 256, cache_file: Path | None = 
             return torch.from_numpy(array)
     out = np.empty((len(paths), 3, side, side), dtype=np.uint8)
     for n, path in enumerate(paths):
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            scale = side / min(img.size)
-            w, h = max(side, round(img.size[0] * scale)), max(side, round(img.size[1] * scale))
-            img = img.resize((w, h), Image.BILINEAR)
-            left, top = (w - side) // 2, (h - side) // 2
-            img = img.crop((left, top, left + side, top + side))
-            out[n] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:
+            if getattr(exc, "errno", None) is not None:  # a real I/O error (permission, ...), not a damaged image
+                raise
+            raise corrupt_file_error(path, " ".join(str(exc).split()) or type(exc).__name__) from None
+        scale = side / min(img.size)
+        w, h = max(side, round(img.size[0] * scale)), max(side, round(img.size[1] * scale))
+        img = img.resize((w, h), Image.BILINEAR)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        out[n] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     if cache_file is not None:
         import io
 

@@ -16,7 +16,8 @@ One edit E_{i,s} per train instance i and candidate label s ∈ S_i (the true la
 one chunk of rows, in store order) → uint8 n×3×size×size (numpy or torch), and fills the artifact chunk by chunk.
 Finished chunks live in `<cache>/edits/<h>.partial/` (an `EditWriter` folder: the preallocated edits.npy plus
 progress.json, updated after every flushed chunk), so an interrupted build resumes where it stopped; the finished
-files are then moved into the artifact. A tool that drives its own loop can use `EditWriter` directly.
+files are then hard-linked into the artifact, and the partial folder is removed only once the artifact is in place
+(a kill in between costs nothing). A tool that drives its own loop can use `EditWriter` directly.
 
 **Reading.** `EditStore(folder).gather(index, candidate_rows)` → (uint8 A×3×H×W edits, owner position in the batch
 (A), class id (A)) by one vectorised CSR gather on the memmap; `IdentityEdits` (editor `identity`, E_{i,s} = the
@@ -37,7 +38,7 @@ import torch
 
 from .artifacts import artifact_dir, load_or_build, verify
 from .errors import PllbenchError
-from .util import atomic_write_json, canonical_json
+from .util import atomic_write_json, atomic_write_text, canonical_json
 from .views import center_crop
 
 EDITS_VERSION = "edits-v1"
@@ -117,7 +118,6 @@ class EditWriter:
             raise PllbenchError(f"edit store has {self.written} of {self.total} rows; finish writing first")
         self.edits.flush()
         del self.edits
-        (self.folder / "progress.json").unlink(missing_ok=True)
 
 
 def build_edits(cache: Path, key: dict, candidates: np.ndarray, size: int,
@@ -131,8 +131,8 @@ def build_edits(cache: Path, key: dict, candidates: np.ndarray, size: int,
         stamp = partial / "key.json"
         if stamp.exists() and stamp.read_text() != canonical_json(key):
             shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(canonical_json(key))
+        if not stamp.exists():  # never rewritten in place: a kill would leave it empty and the next build drop the rows
+            atomic_write_text(stamp, canonical_json(key))
         writer = EditWriter(partial, candidates, size)
         while not writer.complete:
             instances, labels = writer.pending(chunk)
@@ -140,13 +140,13 @@ def build_edits(cache: Path, key: dict, candidates: np.ndarray, size: int,
             if echo:
                 echo(f"edits: {writer.written}/{writer.total}")
         writer.finish()
-        for name in ("edits.npy", "offsets.npy"):
-            os.replace(partial / name, tmp / name)
-        shutil.rmtree(partial)
+        for name in ("edits.npy", "offsets.npy"):  # linked: the partial stays whole until the artifact is in place
+            os.link(partial / name, tmp / name)
         n = len(writer.offsets) - 1
         return {"num_edits": writer.total, "size": int(size), "mean_edits": writer.total / max(n, 1)}
 
     path, _ = load_or_build(cache, "edits", key, build)
+    shutil.rmtree(partial, ignore_errors=True)
     return EditStore(path)
 
 
@@ -209,7 +209,11 @@ def find_edits(cache: Path, candidates_hash: str, editor: str, pin: str = "") ->
     for meta_path in sorted((Path(cache) / "edits").glob("*/meta.json")):
         if "." in meta_path.parent.name:  # .tmp-<pid> and .partial folders
             continue
-        key = json.loads(meta_path.read_text()).get("key", {})
+        try:
+            key = json.loads(meta_path.read_text()).get("key", {})
+        except (ValueError, AttributeError):
+            raise PllbenchError(f"edits artifact {meta_path.parent} has no readable meta.json; delete the folder to "
+                                f"rebuild it") from None
         if (key.get("candidates") == candidates_hash and key.get("editor") == editor
                 and key.get("version") == EDITS_VERSION and meta_path.parent.name.startswith(pin)):
             found.append((meta_path.parent, key))

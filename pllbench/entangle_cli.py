@@ -43,6 +43,7 @@ from .entangle import (
     teacher_extractor,
 )
 from .errors import PllbenchError
+from .runs import inside_root
 from .util import atomic_write_json
 
 
@@ -85,7 +86,8 @@ def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[Path]:
         except (OSError, ValueError):
             continue
         if config.get("dataset") == dataset_key and config.get("preset", {}).get("name") == preset:
-            out.append((config["method"], config["seed"], final.parent))
+            run_dir = inside_root(root, final.parent.relative_to(root))  # entangle.json is written there
+            out.append((config["method"], config["seed"], run_dir))
     return [path for *_, path in sorted(out)]
 
 

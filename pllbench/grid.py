@@ -19,8 +19,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PllbenchError
-from .runs import RunFolder, claim, log_attempt, read_json, record_failure, scan
+from .errors import PllbenchError, os_error_message
+from .runs import RunFolder, claim, inside_root, log_attempt, read_json, record_failure, remove_resume_state, scan
 from .util import atomic_write_json, key_hash
 
 LAUNCHERS = ("local", "ray", "slurm")
@@ -209,7 +209,8 @@ def load_grid_file(path: str | Path) -> tuple[dict, dict]:
     try:
         data = tomllib.loads(Path(path).read_text())
     except OSError as exc:
-        raise PllbenchError(f"cannot read grid file {where}: {exc.strerror or exc}") from None
+        raise PllbenchError(f"cannot read grid file {where}: {exc.strerror or exc}; pass --grid with the path of "
+                            f"a grid TOML (docs/grids.md)") from None
     except tomllib.TOMLDecodeError as exc:
         raise PllbenchError(f"{where} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(_TOP_KEYS))
@@ -313,9 +314,14 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, where=None) -> str:
+    """A PllbenchError as it is; an OS refusal (full disk, permission) with its path (else `where`) and the fix."""
     text = " ".join(str(exc).split()) or "(no message)"
-    text = text if isinstance(exc, PllbenchError) else f"{type(exc).__name__}: {text}"
+    if isinstance(exc, OSError):
+        return os_error_message(exc, where)
+    if isinstance(exc, PllbenchError):
+        return text
+    text = f"{type(exc).__name__}: {text}"  # a foreign message may be anything: keep its start
     return text if len(text) <= 400 else text[:397] + "..."
 
 
@@ -373,8 +379,13 @@ def execute_job(job: Job, env: RunEnv, echo=_stderr) -> dict:
         echo(f"{job.name}: failed before training: {one_line(exc)}")
         return _result(job, "failed", error=one_line(exc))
     run = trainer.run_id(config)
-    run_dir = Path(env.runs) / run
+    try:
+        run_dir = inside_root(Path(env.runs), run)
+    except PllbenchError as exc:
+        echo(f"{run}: failed: {exc}")
+        return _result(job, "failed", run, error=str(exc))
     if (final := read_json(run_dir / "final.json")) is not None:
+        remove_resume_state(run_dir)
         echo(f"{run}: finished earlier, test accuracy {100 * final['test_acc']:.2f}%")
         return _result(job, "skipped", run, final)
     with claim(run_dir, job=job.id) as (held, owner):
@@ -392,12 +403,17 @@ def execute_job(job: Job, env: RunEnv, echo=_stderr) -> dict:
         except Exception as exc:  # noqa: BLE001 — recorded, the grid goes on
             if env.debug:
                 raise
-            message = one_line(exc)
-            if not (run_dir / "config.json").exists():  # failed before the trainer wrote it: status must see the run
-                atomic_write_json(run_dir / "config.json", {**config, "environment": trainer.environment(device)})
-            record_failure(run_dir, message, type(exc).__name__, job.key(),
-                           None if isinstance(exc, PllbenchError) else traceback.format_exc())
-            log_attempt(run_dir, "failed", job=job.id, error=message)
+            message = one_line(exc, run_dir)
+            try:
+                if not (run_dir / "config.json").exists():  # failed before the trainer wrote it: status must see it
+                    atomic_write_json(run_dir / "config.json", {**config, "environment": trainer.environment(device)})
+                record_failure(run_dir, message, type(exc).__name__, job.key(),
+                               None if isinstance(exc, PllbenchError) else traceback.format_exc())
+                log_attempt(run_dir, "failed", job=job.id, error=message)
+            except OSError:
+                # The full disk or refused folder that stopped the run refuses its record too; `message` says so.
+                if not isinstance(exc, OSError):
+                    raise
             echo(f"{run}: failed: {message}")
             return _result(job, "failed", run, error=message)
         log_attempt(run_dir, "done", job=job.id, wall_seconds=round(time.time() - started, 2))
@@ -552,6 +568,7 @@ def status_report(runs: Path, spec: GridSpec | None) -> str:
                 groups.setdefault(r.rel.split("/")[0], []).append(r)
         blocks += [render_status(folder_status(g, fs), epoch_seconds) for g, fs in sorted(groups.items())]
     if not blocks:
-        return f"no runs under {runs}"
+        raise PllbenchError(f"no runs and no recorded grid under {runs}; pass --runs DIR where `pllbench run` wrote, "
+                            f"or name a grid with --grid FILE (or --methods and --dataset) to see its pending jobs")
     return "\n\n".join(blocks)
 

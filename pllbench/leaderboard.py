@@ -76,7 +76,9 @@ def row_label(run: RunFolder) -> str:
         if cls is not None:
             defaults = resolve_hparams(cls, config["dataset"]["name"],
                                        method_overrides(preset, cls.name, cls.family), {})
-            changes += [f"{k}={v}" for k, v in sorted(config.get("hparams", {}).items()) if defaults.get(k) != v]
+            base = cls.run_label(defaults)  # a change the label already shows (cad's editor) is not repeated
+            changes += [f"{k}={v}" for k, v in sorted(config.get("hparams", {}).items())
+                        if defaults.get(k) != v and cls.run_label({**defaults, k: v}) == base]
         if config["preset"].get("epochs") != preset["epochs"]:
             changes.append(f"epochs={config['preset']['epochs']}")
     except (PllbenchError, KeyError, TypeError):

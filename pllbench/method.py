@@ -8,6 +8,7 @@ labels. The shared trainer owns epochs, the optimiser, devices, AMP, checkpoints
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -141,10 +142,14 @@ class EMATeacherMethod(Method):
 
 
 _METHODS: dict[str, type[Method]] = {}
+SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,63}")
 
 
 def register_method(name: str):
     """Class decorator: `@register_method("dirk")`."""
+
+    if not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"method name {name!r} must match {SAFE_NAME.pattern} (it names run folders)")
 
     def wrap(cls):
         if name in _METHODS and _METHODS[name] is not cls:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import PllbenchError
 from .util import atomic_write_json
 
 LOCK = "job.lock"
@@ -34,6 +35,16 @@ def read_json(path: Path):
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def inside_root(root: Path, rel: str | Path) -> Path:
+    """`root / rel`, refused when it resolves outside the results root (`..`, an absolute part, a symlink out)."""
+    base = Path(root).resolve()
+    path = base / rel
+    if not path.resolve().is_relative_to(base):
+        raise PllbenchError(f"run folder {rel} resolves to {path.resolve()}, outside the results root {base}; "
+                            "remove the link or pick another --runs folder")
+    return path
 
 
 def owner_info(**extra) -> dict:
@@ -66,6 +77,7 @@ def claim(run_dir: Path, **info):
         owner = owner_info(**info)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(owner).encode(), 0)
+        remove_leftovers(run_dir)  # any earlier writer is dead now
         try:
             yield True, owner
         finally:
@@ -73,6 +85,22 @@ def claim(run_dir: Path, **info):
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Under the run's claim (every earlier writer of the folder is dead): delete the temp files of interrupted atomic
+    writes (`.NAME.*.tmp`, one per kill, so they would pile up), and a finished run's resume state."""
+    for path in run_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    remove_resume_state(run_dir)
+
+
+def remove_resume_state(run_dir: Path) -> None:
+    """A finished run's checkpoint and progress.json (left by a kill between final.json and their deletion). Safe
+    without the claim: nothing writes them once final.json exists (while `pllbench entangle` may be writing there)."""
+    if (run_dir / "final.json").exists():
+        for path in [*run_dir.glob("checkpoint-*.pt"), run_dir / "progress.json"]:
+            path.unlink(missing_ok=True)
 
 
 def lock_owner(run_dir: Path) -> dict | None:

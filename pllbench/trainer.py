@@ -77,6 +77,10 @@ def _save_checkpoint(run_dir: Path, epoch: int, state: dict) -> None:
             old.unlink(missing_ok=True)
 
 
+def _write_curves(run_dir: Path, curves: list[dict]) -> None:
+    atomic_write_text(run_dir / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
+
+
 def _load_checkpoint(run_dir: Path) -> dict | None:
     progress = run_dir / "progress.json"
     if not progress.exists():
@@ -238,11 +242,14 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         method.train()
         sums: dict[str, torch.Tensor] = {}
         size_sum = torch.zeros((), device=device)
+        first_bad = torch.full((), -1, device=device)  # the first step with a non-finite loss, found without a sync
         loop_started = time.perf_counter()
         for s in range(steps):  # no host sync inside: metrics stay on the device until the epoch ends
             idx = order[s * bs:(s + 1) * bs]
             batch = make_batch(method, maker, train_images, cands, idx, epoch, epoch * steps + s, gen)
             losses = train_step(method, optimizer, batch, autocast)
+            finite = torch.isfinite(losses["loss"].detach())
+            first_bad = torch.where((first_bad < 0) & ~finite, s, first_bad)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0) + value.detach().float()
             size_sum += batch.candidates.sum() / len(idx)
@@ -253,8 +260,10 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         train_seconds = time.perf_counter() - loop_started
         values = {k: float(v) / steps for k, v in sums.items()}
         bad = [k for k, v in values.items() if not np.isfinite(v)]
-        if bad:
-            raise NonFiniteLoss(f"non-finite loss at epoch {epoch} ({', '.join(bad)})")
+        if bad or int(first_bad) >= 0:
+            where = f" step {int(first_bad)}" if int(first_bad) >= 0 else ""
+            raise NonFiniteLoss(f"non-finite loss at epoch {epoch}{where} ({', '.join(bad) or 'loss'}); "
+                                "lower the learning rate or check the method's hyperparameters")
         method.eval()
         with autocast:
             test_logits = predict_logits(method.predict, test_images, maker)
@@ -275,10 +284,10 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
                       peak_mem_mb=peak_memory_mb(device))
         curves.append(record)
         final_logits = test_logits
-        atomic_write_text(run_dir / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
         _save_checkpoint(run_dir, epoch + 1, {"epoch": epoch + 1, "method": method.state_dict(),
                                                "optimizer": optimizer.state_dict(), "curves": curves,
                                                "selection": selection, "rebuilt_optimizer": rebuilt})
+        _write_curves(run_dir, curves)  # after the checkpoint: never an epoch that no checkpoint holds
     if bar is not None:
         bar.close()
     if final_logits is None:  # resumed after the last epoch's checkpoint but before final.json
@@ -294,8 +303,10 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
              "epochs": cfg["epochs"], "seconds": round(sum(r["seconds"] for r in curves), 2),
              "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in selection.items()},
              "candidates": config["candidates"]["hash"], "throughput": throughput_summary(curves)}
-    torch.save(method.state_dict(), run_dir / "model.tmp")
-    (run_dir / "model.tmp").replace(run_dir / "model.pt")
+    _write_curves(run_dir, curves)  # a resume after the last checkpoint may not have written it yet
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    atomic_write_bytes(run_dir / "model.pt", buffer.getvalue())
     atomic_write_json(final_path, final)
     for old in run_dir.glob("checkpoint-*.pt"):
         old.unlink(missing_ok=True)

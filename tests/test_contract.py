@@ -31,9 +31,9 @@ def outputs(run_dir):
     return state, table, curves(run_dir)
 
 
-@pytest.mark.parametrize("method", method_names())
-def test_label_hiding(method, smoke_cache, tmp_path, monkeypatch):
-    """Permuting the train labels after the candidates exist changes no output, bit for bit."""
+def same_outputs_with_permuted_labels(method, smoke_cache, tmp_path, monkeypatch) -> bool:
+    """Train `method` twice on the smoke data, the second time with the train labels permuted after the
+    candidates exist; True when weights, predictions and curves are identical, bit for bit."""
     prepare_module._load.cache_clear()
     _, clean_dir, _ = smoke_run(method, smoke_cache, tmp_path / "clean")
     from pllbench.datasets.synthetic import Synthetic
@@ -51,9 +51,61 @@ def test_label_hiding(method, smoke_cache, tmp_path, monkeypatch):
         _, hidden_dir, _ = smoke_run(method, smoke_cache, tmp_path / "permuted")
     finally:
         prepare_module._load.cache_clear()
+        monkeypatch.setattr(Synthetic, "load", original)
     (s1, t1, c1), (s2, t2, c2) = outputs(clean_dir), outputs(hidden_dir)
-    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
-    assert t1["logits"] == t2["logits"] and c1 == c2
+    same_state = s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    return same_state and t1["logits"] == t2["logits"] and c1 == c2
+
+
+@pytest.mark.parametrize("method", method_names())  # built-ins and every installed entry-point plugin
+def test_label_hiding(method, smoke_cache, tmp_path, monkeypatch):
+    assert same_outputs_with_permuted_labels(method, smoke_cache, tmp_path, monkeypatch)
+
+
+PLUGIN = """
+import torch.nn.functional as F
+from pllbench.method import ClassifierMethod, register_method
+from pllbench.prepare import load_data
+
+
+@register_method("ep-honest")
+class Honest(ClassifierMethod):
+    def training_step(self, batch):
+        logits = self.net(batch.views["cls"])
+        return {"loss": -(F.log_softmax(logits, 1) * batch.candidates).sum(1).mean()}
+
+
+@register_method("ep-peeking")
+class Peeking(ClassifierMethod):
+    # reads the true labels through the data loader: the permutation test must catch it
+    def training_step(self, batch):
+        data = load_data(self.ctx.dataset, self.ctx.preset)[1]
+        labels = data.train.labels[batch.index.cpu()].to(batch.candidates.device)
+        return {"loss": F.cross_entropy(self.net(batch.views["cls"]), labels)}
+"""
+
+
+def test_label_hiding_covers_entry_point_plugins(smoke_cache, tmp_path, monkeypatch):
+    """A third-party method found through the `pllbench.methods` entry point is registered like a built-in and
+    held to the same test; a plugin that peeks at the labels fails it (so the test can fail)."""
+    from pllbench import method as registry
+
+    site = tmp_path / "site"
+    dist = site / "pll_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / "pll_plugin.py").write_text(PLUGIN)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pll-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[pllbench.methods]\nplugin = pll_plugin\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    try:
+        assert {"ep-honest", "ep-peeking"} <= set(method_names())
+        assert same_outputs_with_permuted_labels("ep-honest", smoke_cache, tmp_path / "honest", monkeypatch)
+        assert not same_outputs_with_permuted_labels("ep-peeking", smoke_cache, tmp_path / "peeking", monkeypatch)
+    finally:
+        for name in ("ep-honest", "ep-peeking"):
+            registry._METHODS.pop(name, None)
+        sys.modules.pop("pll_plugin", None)
 
 
 def test_determinism(smoke_cache, tmp_path):

@@ -135,3 +135,19 @@ def test_cli_writes_markdown_and_csv(fabricated, tmp_path, capsys):
     assert "| method | source | cifar10 | avg rank |" in (out / "smoke-cifar10.md").read_text()
     assert main(["leaderboard", "--runs", str(fabricated), "--out", str(out), "--preset", "quick"]) == 2
     assert "no runs of preset 'quick'" in capsys.readouterr().err
+
+
+def test_a_cad_row_without_instructpix2pix_edits_says_why(tmp_path):
+    """`cad` with the paper's editor keeps the label `cad` (not `cad{editor=ip2p}`) and shows its failure; the
+    preset's identity control stays a separate `cad[identity]` row."""
+    root = tmp_path / "runs"
+    fake_run(root, "cad", "fmnist", 0, 0.40)
+    run_dir = fake_run(root, "cad", "fmnist", 0, failed="no 'ip2p' edits for candidates c; make them with `x`")
+    config = json.loads((run_dir / "config.json").read_text())
+    config["hparams"]["editor"] = "ip2p"
+    atomic_write_json(run_dir / "config.json", config)
+    (board,) = build_boards(root)
+    assert set(board.rows) == {"cad", "cad[identity]"}
+    markdown, _ = render(board, tmp_path / "out")
+    (line,) = [row for row in markdown.splitlines() if row.startswith("| cad | pllbench")]
+    assert "failed: no 'ip2p' edits" in line
