@@ -111,6 +111,10 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _kind(note: str) -> str:
+    return note.split(":")[0].split(" (")[0]
+
+
 @dataclass
 class Cell:
     """One (row, dataset): the latest finished run per seed, and why the other seeds have no number."""
@@ -137,27 +141,43 @@ class Cell:
         values = self.accuracies()
         return (*_stats(values), len(values)) if values else None
 
-    def notes(self) -> list[str]:
+    def seed_notes(self) -> dict[int, str]:
         """Why seeds lack a number: 'failed: <error>', 'running (epoch a/b)', 'interrupted (epoch a/b)'."""
-        out = []
-        for run in self.per_seed().values():
+        out = {}
+        for seed, run in self.per_seed().items():
             if run.state == "failed":
-                out.append(f"failed: {(run.failed or {}).get('error', '?')}")
+                out[seed] = f"failed: {(run.failed or {}).get('error', '?')}"
             elif run.state in ("running", "incomplete"):
                 word = "running" if run.state == "running" else "interrupted"
-                out.append(f"{word} (epoch {len(run.curves)}/{run.epochs})")
+                out[seed] = f"{word} (epoch {len(run.curves)}/{run.epochs})"
             elif run.state == "new":
-                out.append("started, no epoch yet")
+                out[seed] = "started, no epoch yet"
         return out
+
+    def notes(self) -> list[str]:
+        return list(self.seed_notes().values())
+
+    def no_number_text(self) -> str:
+        """The first seed's reason in full; the other seeds by the kind of theirs (their messages differ only in
+        seed-specific details such as the candidate hash)."""
+        by_seed = self.seed_notes()
+        if not by_seed:
+            return "not run"
+        (first, note), *rest = by_seed.items()
+        if not rest:
+            return note
+        kinds = Counter(_kind(n) for _, n in rest)
+        others = "; ".join(f"seed {', '.join(str(s) for s, n in rest if _kind(n) == k)}: {k}" for k in kinds)
+        return f"seed {first}: {note} ({others})"
 
     def text(self, bold: bool = False) -> str:
         stats = self.stats()
         notes = self.notes()
         if stats is None:
-            return _escape("; ".join(notes) if notes else "not run")
+            return _escape(self.no_number_text())
         mean, std, n = stats
         core = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-        extra = Counter(note.split(":")[0].split(" (")[0] for note in notes)
+        extra = Counter(_kind(note) for note in notes)
         tail = "".join(f"; {count} {what}" for what, count in sorted(extra.items()))
         return f"**{core}** (n={n}{tail})" if bold else f"{core} (n={n}{tail})"
 

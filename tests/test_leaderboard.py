@@ -142,12 +142,13 @@ def test_a_cad_row_without_instructpix2pix_edits_says_why(tmp_path):
     preset's identity control stays a separate `cad[identity]` row."""
     root = tmp_path / "runs"
     fake_run(root, "cad", "fmnist", 0, 0.40)
-    run_dir = fake_run(root, "cad", "fmnist", 0, failed="no 'ip2p' edits for candidates c; make them with `x`")
-    config = json.loads((run_dir / "config.json").read_text())
-    config["hparams"]["editor"] = "ip2p"
-    atomic_write_json(run_dir / "config.json", config)
+    for seed in (0, 1, 2):
+        run_dir = fake_run(root, "cad", "fmnist", seed, failed=f"no 'ip2p' edits for candidates c{seed}; make them")
+        config = json.loads((run_dir / "config.json").read_text())
+        config["hparams"]["editor"] = "ip2p"
+        atomic_write_json(run_dir / "config.json", config)
     (board,) = build_boards(root)
     assert set(board.rows) == {"cad", "cad[identity]"}
     markdown, _ = render(board, tmp_path / "out")
     (line,) = [row for row in markdown.splitlines() if row.startswith("| cad | pllbench")]
-    assert "failed: no 'ip2p' edits" in line
+    assert "| seed 0: failed: no 'ip2p' edits for candidates c0; make them (seed 1, 2: failed) |" in line
