@@ -43,7 +43,7 @@ def _unpickle(path: Path) -> dict:
             raise ForeignPickle(f"{path}: {exc}; it is not a CIFAR file: delete it and rerun with --download") \
                 from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            raise corrupt_file_error(path, " ".join(str(exc).split()) or type(exc).__name__) from None
+            raise corrupt_file_error(path, exc) from None
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 

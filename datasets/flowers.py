@@ -32,7 +32,7 @@ def _read_mat(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 — scipy raises OSError, IndexError, MatReadError, ... for a damaged file
         if getattr(exc, "errno", None) is not None:  # a real I/O error (permission, ...)
             raise
-        raise corrupt_file_error(path, " ".join(str(exc).split()) or type(exc).__name__) from None
+        raise corrupt_file_error(path, exc) from None
 
 
 @register_dataset("flowers")

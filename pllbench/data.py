@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PllbenchError
+from .errors import PllbenchError, exception_text
 from .util import sha256_array
 
 
@@ -125,14 +125,16 @@ def torchvision_download(name: str, tv_class: str, root: Path, **kwargs) -> None
     try:
         getattr(torchvision.datasets, tv_class)(str(root), download=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = exception_text(exc)[:200]
         raise PllbenchError(f"downloading {name!r} into {root} failed ({reason}); check the network, or copy the "
                             "dataset there and rerun without --download (files already fetched are kept and "
                             "checked on the next run)") from exc
 
 
-def corrupt_file_error(path: Path, why: str) -> PllbenchError:
-    """A data file that exists but cannot be parsed: most often the remains of an interrupted download."""
+def corrupt_file_error(path: Path, why: str | BaseException) -> PllbenchError:
+    """A data file that exists but cannot be parsed (`why`: a reason, or the parser's exception): most often the
+    remains of an interrupted download."""
+    why = exception_text(why) if isinstance(why, BaseException) else why
     return PllbenchError(f"{path} is truncated or corrupt ({why}), probably from an interrupted download; delete it "
                          f"and rerun with --download (or copy an intact file there)")
 
@@ -186,7 +188,7 @@ def decode_square(paths: list[Path], side: int = 256, cache_file: Path | None = 
         except (OSError, SyntaxError, ValueError) as exc:
             if getattr(exc, "errno", None) is not None:  # a real I/O error (permission, ...), not a damaged image
                 raise
-            raise corrupt_file_error(path, " ".join(str(exc).split()) or type(exc).__name__) from None
+            raise corrupt_file_error(path, exc) from None
         scale = side / min(img.size)
         w, h = max(side, round(img.size[0] * scale)), max(side, round(img.size[1] * scale))
         img = img.resize((w, h), Image.BILINEAR)

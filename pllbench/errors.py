@@ -7,6 +7,11 @@ class PllbenchError(Exception):
     """A problem the user can fix: the message names it and says how."""
 
 
+def exception_text(exc: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def os_error_message(exc: OSError, where=None) -> str:
     """One line for an operating-system refusal (full disk, no permission, ...): the problem, the path, the fix.
 

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PllbenchError, os_error_message
+from .errors import PllbenchError, exception_text, os_error_message
 from .runs import RunFolder, claim, inside_root, log_attempt, read_json, record_failure, remove_resume_state, scan
 from .util import atomic_write_json, key_hash
 
@@ -316,12 +316,11 @@ def _stderr(msg: str) -> None:
 
 def one_line(exc: BaseException, where=None) -> str:
     """A PllbenchError as it is; an OS refusal (full disk, permission) with its path (else `where`) and the fix."""
-    text = " ".join(str(exc).split()) or "(no message)"
     if isinstance(exc, OSError):
         return os_error_message(exc, where)
     if isinstance(exc, PllbenchError):
-        return text
-    text = f"{type(exc).__name__}: {text}"  # a foreign message may be anything: keep its start
+        return exception_text(exc)
+    text = f"{type(exc).__name__}: {exception_text(exc)}"  # a foreign message may be anything: keep its start
     return text if len(text) <= 400 else text[:397] + "..."
 
 

@@ -64,11 +64,15 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def _save_checkpoint(run_dir: Path, epoch: int, state: dict) -> None:
-    """checkpoint-<epoch>.pt, then progress.json naming it with its checksum, then drop older checkpoints."""
+def _torch_bytes(state) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def _save_checkpoint(run_dir: Path, epoch: int, state: dict) -> None:
+    """checkpoint-<epoch>.pt, then progress.json naming it with its checksum, then drop older checkpoints."""
+    data = _torch_bytes(state)
     name = f"checkpoint-{epoch:04d}.pt"
     atomic_write_bytes(run_dir / name, data)
     atomic_write_json(run_dir / "progress.json", {"epoch": epoch, "checkpoint": name, "sha256": sha256_bytes(data)})
@@ -260,8 +264,9 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         train_seconds = time.perf_counter() - loop_started
         values = {k: float(v) / steps for k, v in sums.items()}
         bad = [k for k, v in values.items() if not np.isfinite(v)]
-        if bad or int(first_bad) >= 0:
-            where = f" step {int(first_bad)}" if int(first_bad) >= 0 else ""
+        first_bad = int(first_bad)
+        if bad or first_bad >= 0:
+            where = f" step {first_bad}" if first_bad >= 0 else ""
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch}{where} ({', '.join(bad) or 'loss'}); "
                                 "lower the learning rate or check the method's hyperparameters")
         method.eval()
@@ -304,9 +309,7 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
              "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in selection.items()},
              "candidates": config["candidates"]["hash"], "throughput": throughput_summary(curves)}
     _write_curves(run_dir, curves)  # a resume after the last checkpoint may not have written it yet
-    buffer = io.BytesIO()
-    torch.save(method.state_dict(), buffer)
-    atomic_write_bytes(run_dir / "model.pt", buffer.getvalue())
+    atomic_write_bytes(run_dir / "model.pt", _torch_bytes(method.state_dict()))
     atomic_write_json(final_path, final)
     for old in run_dir.glob("checkpoint-*.pt"):
         old.unlink(missing_ok=True)

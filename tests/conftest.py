@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +40,9 @@ def smoke_run(method: str, cache, runs, seed: int = 0, hp: dict | None = None, d
     config = resolve_run_config(prep, method, seed, parse_hp_overrides(items), epochs, val_fraction)
     run_dir = runs / run_id(config)
     return train_run(prep, config, run_dir, device, progress=False), run_dir, prep
+
+
+def cli_command(args: list[str], cache: Path, **env) -> tuple[list[str], dict]:
+    """A `python -m pllbench` subprocess command and its environment: a private cache, one torch thread."""
+    return [sys.executable, "-m", "pllbench", *args], dict(os.environ, PLLBENCH_CACHE=str(cache), OMP_NUM_THREADS="1",
+                                                           **env)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import smoke_run
+from conftest import cli_command, smoke_run
 
 from pllbench import prepare as prepare_module
 from pllbench.method import method_names
@@ -117,20 +116,15 @@ def test_determinism(smoke_cache, tmp_path):
     assert set(table["tag"]) == {"final", "select-cr", "select-aa"}
 
 
-def _cli(args, env):
-    return [sys.executable, "-m", "pllbench", *args], dict(os.environ, **env)
-
-
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     args = ["run", "--methods", "dirk-ref", "--dataset", "synthetic:train=384,test=64", "--preset", "smoke",
             "--epochs", "5", "--no-progress"]
-    env = {"PLLBENCH_CACHE": str(tmp_path / "cache")}
-    cmd, full_env = _cli(args + ["--runs", str(tmp_path / "straight")], env)
+    cmd, full_env = cli_command(args + ["--runs", str(tmp_path / "straight")], tmp_path / "cache")
     subprocess.run(cmd, env=full_env, check=True, capture_output=True)
     straight = next((tmp_path / "straight").glob("*/*"))
 
     killed_root = tmp_path / "killed"
-    cmd, full_env = _cli(args + ["--runs", str(killed_root)], env)
+    cmd, full_env = cli_command(args + ["--runs", str(killed_root)], tmp_path / "cache")
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     killed_at = None

@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_command
 
 from pllbench import trainer
 from pllbench.cli import main
@@ -27,10 +27,6 @@ def starts(run_dir: Path) -> list[dict]:
 
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("*/*") if p.is_dir() and not p.parent.name.startswith("_"))
-
-
-def _cli(args, cache: Path):
-    return [sys.executable, "-m", "pllbench", *args], dict(os.environ, PLLBENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -167,7 +163,7 @@ def test_sigkill_then_rerun_runs_only_unfinished_jobs(tmp_path):
     runs = tmp_path / "runs"
     args = ["run", "--methods", "proden,cc,rc", "--dataset", "synthetic", "--preset", "smoke", "--epochs", "4",
             "--no-progress", "--runs", str(runs)]
-    cmd, env = _cli(args, tmp_path / "cache")
+    cmd, env = cli_command(args, tmp_path / "cache")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, killed = time.time() + 180, False
     while time.time() < deadline and proc.poll() is None:
@@ -205,8 +201,8 @@ def test_two_concurrent_grids_never_train_a_job_twice(tmp_path):
     runs = tmp_path / "runs"
     args = ["run", "--methods", "proden,cc,rc", "--dataset", "synthetic", "--seeds", "0,1",
             "--preset", "smoke", "--epochs", "2", "--no-progress", "--runs", str(runs)]
-    cmd_a, env = _cli(args + ["--workers", "2"], tmp_path / "cache")
-    cmd_b, _ = _cli(args, tmp_path / "cache")
+    cmd_a, env = cli_command(args + ["--workers", "2"], tmp_path / "cache")
+    cmd_b, _ = cli_command(args, tmp_path / "cache")
     a = subprocess.Popen(cmd_a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     b = subprocess.Popen(cmd_b, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_a, err_a = a.communicate(timeout=300)

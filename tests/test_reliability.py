@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_command
 
 from pllbench import method as registry
 from pllbench.cli import main
@@ -22,11 +23,6 @@ from pllbench.runs import read_attempts
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for part in ("pllbench", "methods", "datasets", "benchmarks") for p in (ROOT / part).rglob("*.py"))
 SMOKE = ["--dataset", "synthetic", "--preset", "smoke", "--no-progress"]
-
-
-def _cli(args, cache: Path, **env):
-    return [sys.executable, "-m", "pllbench", *args], dict(os.environ, PLLBENCH_CACHE=str(cache), OMP_NUM_THREADS="1",
-                                                           **env)
 
 
 # ------------------------------------------------------------------------------------------------ NaN / inf
@@ -75,8 +71,8 @@ def test_four_concurrent_runners_share_one_results_root(tmp_path):
     """Four `pllbench run` on one grid: every job trains exactly once and no record is ever seen torn."""
     runs = tmp_path / "runs"
     args = ["run", "--methods", "proden,cc,rc", "--seeds", "0,1", "--epochs", "2", *SMOKE, "--runs", str(runs)]
-    cmd, env = _cli(args, tmp_path / "cache")
-    subprocess.run(_cli(["candidates", *SMOKE[:4]], tmp_path / "cache")[0], env=env,
+    cmd, env = cli_command(args, tmp_path / "cache")
+    subprocess.run(cli_command(["candidates", *SMOKE[:4]], tmp_path / "cache")[0], env=env,
                    check=True, capture_output=True)  # the shared teacher first, so the runners overlap on jobs
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
@@ -198,7 +194,7 @@ def test_no_network_unless_download_is_asked(tmp_path):
         for argv in steps:
             assert main(argv) == 0, argv
     """)
-    env = dict(_cli([], cache)[1], PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    env = dict(cli_command([], cache)[1], PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
