@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pllbench.artifacts import ArtifactStore
 from pllbench.data import DatasetInfo, get_dataset, stratified_subset
 from pllbench.edits import IdentityEdits, build_edits, edits_key
 from pllbench.losses import renormalize, soft_cross_entropy
@@ -140,7 +141,8 @@ def main():
             ctx = MethodContext(num_classes=info.num_classes, num_train=len(images), candidates=cands,
                                 backbone="cnn-s", proj_dim=64, epochs=15, steps_per_epoch=len(images) // args.batch,
                                 batch_size=args.batch, dataset=info.name, views=maker, train_images=images,
-                                device=device, cache_dir=cache, candidates_hash="bench", preset="quick")
+                                device=device,
+                                artifacts=ArtifactStore(cache, "bench", {"preset": "quick"}))
             full_hp = {**cls.hparams, "queue_size": 2048, **hp}
             torch.manual_seed(0)
             label = cls.run_label(full_hp) if name != "plain-ce" else name

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pllbench.data import (
+from pllbench.dataset import (
+    Dataset,
     DatasetInfo,
     Split,
     corrupt_file_error,
@@ -47,7 +48,7 @@ def _unpickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
-class _Cifar:
+class _Cifar(Dataset):
     folder: str
     train_files: list[str]
     test_files: list[str]
@@ -93,6 +94,12 @@ class Cifar10(_Cifar):
     meta_file, names_key, labels_key = "batches.meta", "label_names", "labels"
     num_classes, torchvision_class = 10, "CIFAR10"
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+    presets = ("paper", "smoke")  # smoke: the tests of its loader and error messages
+    rate = 1.0
+    teachers = {"paper": {"arch": "wrn28-10", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
+                          "augment": "flip-crop", "label_smoothing": 0.0}}
+    preset_settings = {"paper": {"backbone": "resnet34c", "batch_size": 64}}
+    paper_column = 1
 
 
 @register_dataset("cifar100")
@@ -103,3 +110,9 @@ class Cifar100(_Cifar):
     meta_file, names_key, labels_key = "meta", "fine_label_names", "fine_labels"
     num_classes, torchvision_class = 100, "CIFAR100"
     mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+    presets = ("paper",)
+    rate = 0.1
+    teachers = {"paper": {"arch": "wrn50-2", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
+                          "augment": "flip-crop", "label_smoothing": 0.0}}
+    preset_settings = {"paper": {"backbone": "resnet34c", "batch_size": 64}}
+    paper_column = 2

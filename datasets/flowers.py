@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from pllbench.data import (
+from pllbench.dataset import (
+    Dataset,
     DatasetInfo,
     Split,
     corrupt_file_error,
@@ -36,15 +37,22 @@ def _read_mat(path: Path) -> dict:
 
 
 @register_dataset("flowers")
-class Flowers102:
+class Flowers102(Dataset):
+    presets = ("paper",)
+    rate = 0.05
+    teachers = {"paper": {"arch": "wrn50-2", "epochs": 300, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
+                          "augment": "rrc-flip-jitter", "label_smoothing": 0.1}}
+    preset_settings = {"paper": {"backbone": "resnet34c", "batch_size": 16}}
+    paper_column = 3
+
     def info(self) -> DatasetInfo:
         import torchvision
 
         return DatasetInfo("flowers", 102, 3, 224, *IMAGENET, "224", list(torchvision.datasets.Flowers102.classes))
 
-    def teacher_split(self, root: Path | None) -> Split:
+    def teacher_split(self, root: Path | None, train: Split) -> Split:
         """train + val (2040 images): the teacher alone trains on val (candidates.md §3)."""
-        train, val = self.load(root, False, splits=("train", "val"))
+        (val,) = self.load(root, False, splits=("val",))
         return Split(torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]))
 
     def load(self, root: Path | None, download: bool, splits=("train", "test")) -> tuple[Split, ...]:

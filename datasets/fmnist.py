@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pllbench.data import (
+from pllbench.dataset import (
+    Dataset,
     DatasetInfo,
     Split,
     corrupt_file_error,
@@ -54,7 +55,14 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 
 @register_dataset("fmnist")
-class FashionMNIST:
+class FashionMNIST(Dataset):
+    presets = ("paper", "quick", "smoke")  # smoke: the tests of its loader and error messages
+    rate = 1.0
+    teachers = {"paper": {"arch": "mlp", "epochs": 40, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
+                          "augment": "none", "label_smoothing": 0.0}}
+    preset_settings = {"paper": {"backbone": "resnet18c", "batch_size": 64}}
+    paper_column = 0
+
     def info(self) -> DatasetInfo:
         return DatasetInfo("fmnist", 10, 1, 28, (0.1307,) * 3, (0.3081,) * 3, "28", list(CLASSES))
 

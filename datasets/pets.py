@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from pllbench.data import (
+from pllbench.dataset import (
+    Dataset,
     DatasetInfo,
     Split,
     corrupt_file_error,
@@ -21,7 +22,13 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @register_dataset("pets")
-class OxfordPets:
+class OxfordPets(Dataset):
+    presets = ("paper", "smoke")  # smoke: the tests of its loader and error messages
+    rate = 0.1
+    teachers = {"paper": {"arch": "wrn50-2", "epochs": 200, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
+                          "augment": "rrc-flip-jitter", "label_smoothing": 0.1}}
+    preset_settings = {"paper": {"backbone": "resnet34c", "batch_size": 16}}
+    paper_column = 4
     _classes: list[str] = []
 
     def info(self) -> DatasetInfo:

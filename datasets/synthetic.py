@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pllbench.data import DatasetInfo, Split, register_dataset
+from pllbench.dataset import Dataset, DatasetInfo, Split, register_dataset
 from pllbench.util import derive_seed
 
 
@@ -28,8 +28,11 @@ def make_split(split: str, n: int, num_classes: int, channels: int, size: int, s
 
 
 @register_dataset("synthetic")
-class Synthetic:
+class Synthetic(Dataset):
     """Options (CLI form `synthetic:size=48,classes=10`): size, classes, channels, train, test, seed, family."""
+
+    presets = ("smoke",)
+    rate = 0.5
 
     def __init__(self, size=16, classes=4, channels=3, train=64, test=32, seed=0, family=None):
         self.size, self.classes, self.channels = int(size), int(classes), int(channels)

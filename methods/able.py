@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from pllbench.losses import candidate_argmax, renormalize, soft_cross_entropy
-from pllbench.method import Batch, Method, register_method
+from pllbench.losses import candidate_argmax, contrastive_chance, renormalize, soft_cross_entropy
+from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.proden import proden_update
 
 
@@ -48,7 +48,10 @@ def able_contrastive_loss(feats: torch.Tensor, weights: torch.Tensor, tau: float
 class ABLE(Method):
     summary = "ABLE (IJCAI'22): confidence-weighted contrastive positives from candidate-set predictions"
     views = ("weak", "strong")
-    hparams = {"tau": 0.1, "cont_weight": 1.0}
+    hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
+        "tau": HP(0.1, "temperature τ of the contrastive term", low=0, low_open=True),
+        "cont_weight": HP(1.0, "weight of the contrastive term L_con", low=0),
+    }
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
@@ -64,8 +67,12 @@ class ABLE(Method):
         loss_cls = soft_cross_entropy(weak_logits, rows)
         weights = able_weights(rows, cands, candidate_argmax(weak_logits.detach().float(), cands))
         loss_con = able_contrastive_loss(feats.float(), weights, self.hp["tau"])
+        tiled = weights.detach().repeat(2, 2)
+        mass = (tiled.sum(dim=1) - tiled.diagonal()).mean()  # W' has a zero diagonal
         self._new_rows = proden_update(weak_logits, cands)
-        return {"cls": loss_cls, "con": loss_con, "loss": loss_cls + self.hp["cont_weight"] * loss_con}
+        chance = contrastive_chance(2 * b, self.hp["tau"], weight_mass=mass)
+        return {"cls": loss_cls, "con": loss_con, "chance/con": chance,
+                "loss": loss_cls + self.hp["cont_weight"] * loss_con}
 
     def after_step(self, batch: Batch):
         self.bank[batch.index] = self._new_rows
@@ -75,6 +82,9 @@ class ABLE(Method):
 
     def features(self, x):
         return self.net.features(x)
+
+    def projections(self, x):
+        return self.net.project(x)
 
     def confidences(self):
         return self.bank

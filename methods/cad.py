@@ -29,8 +29,15 @@ import torch.nn.functional as F
 
 from pllbench.edits import open_edits
 from pllbench.errors import PllbenchError
-from pllbench.losses import log1m_softmax, moco_loss, remove_self, weighted_contrastive_loss
-from pllbench.method import Batch, EMATeacherMethod, register_method
+from pllbench.losses import (
+    contrastive_chance,
+    log1m_softmax,
+    moco_chance,
+    moco_loss,
+    remove_self,
+    weighted_contrastive_loss,
+)
+from pllbench.method import HP, Batch, EMATeacherMethod, register_method
 from pllbench.queue import RingQueue
 
 
@@ -59,12 +66,27 @@ class CAD(EMATeacherMethod):
     summary = "CAD (CVPR'26): EMA-teacher weighted penalty + alignment over class-specific edits (stored edits)"
     family = "cad"
     views = ("cls",)
-    hparams = {"editor": "ip2p", "edits": "", "align_weight": 1.5, "penalize_noncandidates": True, "tau": 0.12,
-               "tau_d": 0.1, "ema": 0.99, "queue_size": 4096, "prot_start": 1}
+    hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
+        "editor": HP("ip2p", "edit source: ip2p = InstructPix2Pix edits made by `pllbench augment` (the paper's); "
+                             "identity = the unedited image (a control)", note="ip2p, identity, stored"),
+        "edits": HP("", "pin one stored edit artifact when several match the run's candidates",
+                    note="hash prefix or ''"),
+        "align_weight": HP(1.5, "weight λ of the alignment term over the edits (0: no edit forwards, as cad-norl)",
+                           low=0),
+        "penalize_noncandidates": HP(True, "include the −ω·log(1 − p) penalty on the non-candidates in L_cls"),
+        "tau": HP(0.12, "temperature τ of the alignment term (WCL; MoCo before prot_start)", low=0, low_open=True),
+        "tau_d": HP(0.1, "temperature τ_d of the WCL weights (cosine of the teacher's logits on the edits)", low=0,
+                    low_open=True),
+        "ema": HP(0.99, "EMA momentum m of the teacher, updated after every step", low=0, high=1, high_open=True),
+        "queue_size": HP(4096, "rows Q of the edit key, logit and class queues", low=1, note=">= edits per batch"),
+        "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
+    }
+    # the CPU presets train with the identity editor (a control, labelled cad[identity]; see `pllbench augment`)
+    preset_hparams = {"quick": {"editor": "identity"}, "smoke": {"editor": "identity"}}
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        self.align = hp["align_weight"] > 0
+        self.align = self.uses_projection = hp["align_weight"] > 0
         if self.align:
             self.queue = RingQueue(hp["queue_size"], {"feat": ((ctx.proj_dim,), torch.float32, "unit"),
                                                       "logit": ((ctx.num_classes,), torch.float32, "zeros"),
@@ -114,9 +136,12 @@ class CAD(EMATeacherMethod):
             dists = torch.cat([edit_logits, edit_logits, snap["logit"]])
             loss_align = weighted_contrastive_loss(query, feats, class_mask(label, labels), dists, self.hp["tau"],
                                                    self.hp["tau_d"])
+            chance = contrastive_chance(len(feats), self.hp["tau"])
         else:
             loss_align = moco_loss(query, key, snap["feat"], self.hp["tau"])
-        return {"cls": loss_cls, "align": loss_align, "loss": loss_cls + self.hp["align_weight"] * loss_align}
+            chance = moco_chance(len(snap["feat"]))
+        return {"cls": loss_cls, "align": loss_align, "chance/align": chance,
+                "loss": loss_cls + self.hp["align_weight"] * loss_align}
 
 
 ABLATIONS = {

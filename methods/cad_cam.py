@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pllbench.method import Batch, register_method
+from pllbench.method import HP, Batch, register_method
 
 from .cad import CAD, register_ablations
 
@@ -33,7 +33,9 @@ def cam_edits(fmap: torch.Tensor, fc_weight: torch.Tensor, images: torch.Tensor,
 class CADCAM(CAD):
     summary = "CAD-CAM: CAD with online edits from the EMA teacher's class activation maps"
     views = ("base", "cls")
-    hparams = {**{k: v for k, v in CAD.hparams.items() if k not in ("editor", "edits")}, "eps": 0.2}
+    hparams = {**{k: v for k, v in CAD.hparams.items() if k not in ("editor", "edits")},  # CAD's declarations
+               "eps": HP(0.2, "brightness kept outside the teacher's class activation map", low=0, high=1)}
+    preset_hparams = {}  # CAD's are about its editor, which CAD-CAM has not
 
     @classmethod
     def run_label(cls, hp: dict) -> str:

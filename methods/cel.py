@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from pllbench.errors import PllbenchError
 from pllbench.losses import candidate_argmax, renormalize, soft_cross_entropy
-from pllbench.method import Batch, Method, register_method
+from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.proden import proden_update
 from pllbench.nets import build_backbone
 
@@ -103,14 +103,25 @@ def update_prototypes(prototypes: torch.Tensor, emb: torch.Tensor, pred: torch.T
 class CEL(Method):
     summary = "CEL (KDD'25): class-wise embeddings from a query decoder, associative and prototype losses"
     views = ("weak", "strong")
-    hparams = {"alpha": 0.5, "gamma1": 1.0, "beta": 1.0, "gamma2": 1.0, "dim": 512, "heads": 8, "ffn": 2048,
-               "dropout": 0.1, "warmup_epochs": -1}  # warmup_epochs < 0: floor(E/2)
+    hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
+        "alpha": HP(0.5, "weight α of the class-associative loss L_cal", low=0),
+        "gamma1": HP(1.0, "weight γ1 of the non-candidate pairs inside L_cal", low=0),
+        "beta": HP(1.0, "weight β of the prototype-discriminative loss L_pdl (after warm-up)", low=0),
+        "gamma2": HP(1.0, "weight γ2 of the other prototypes inside L_pdl", low=0),
+        "dim": HP(512, "width D of the class-wise decoder's embeddings", low=1, note="divisible by heads"),
+        "heads": HP(8, "heads of the decoder's cross-attention", low=1),
+        "ffn": HP(2048, "hidden width of the decoder's feed-forward block", low=1),
+        "dropout": HP(0.1, "dropout inside the decoder layer", low=0, high=1, high_open=True),
+        "warmup_epochs": HP(-1, "epochs wp before L_pdl starts; < 0 means floor(epochs / 2)", note="any integer"),
+    }
+    preset_hparams = {"quick": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
+                      "smoke": {"dim": 16, "heads": 2, "ffn": 32, "warmup_epochs": 1}}
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
         if hp["dim"] % hp["heads"]:
             raise PllbenchError(f"cel: dim {hp['dim']} is not divisible by heads {hp['heads']}")
-        self.backbone = build_backbone(ctx.backbone)
+        self.backbone = build_backbone(ctx.backbone, ctx.views.channels)
         self.decoder = ClassWiseDecoder(self.backbone.out_dim, ctx.num_classes, hp["dim"], hp["heads"], hp["ffn"],
                                         hp["dropout"])
         self.warmup = hp["warmup_epochs"] if hp["warmup_epochs"] >= 0 else ctx.epochs // 2

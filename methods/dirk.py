@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from pllbench.losses import moco_loss, remove_self, soft_cross_entropy, weighted_contrastive_loss
-from pllbench.method import Batch, EMATeacherMethod, register_method
+from pllbench.losses import (
+    contrastive_chance,
+    moco_chance,
+    moco_loss,
+    remove_self,
+    soft_cross_entropy,
+    weighted_contrastive_loss,
+)
+from pllbench.method import HP, Batch, EMATeacherMethod, register_method
 from pllbench.queue import RingQueue
 
 
@@ -42,13 +49,28 @@ def ref_mask(cands_anchor, cands_all, dist_anchor, dist_all) -> torch.Tensor:
 class DIRK(EMATeacherMethod):
     summary = "DIRK (AAAI'24): EMA teacher, rectified confidences distilled by cross-entropy"
     views = ("cls", "strong")
-    hparams = {"ref_weight": 0.0, "tau": 0.07, "tau_d": 0.4, "ema": 0.99, "queue_size": 4096, "prot_start": 1,
-               "ref_forwards": True}
+    hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
+        "ref_weight": HP(0.0, "weight λ of the weighted contrastive REF term (0: plain DIRK, no queues, no key "
+                              "forwards)", low=0),
+        "tau": HP(0.07, "temperature τ of the REF term (WCL; MoCo before prot_start)", low=0, low_open=True),
+        "tau_d": HP(0.4, "temperature τ_d of the WCL positive weights (cosine of the rectified confidences)",
+                    low=0, low_open=True),
+        "ema": HP(0.99, "EMA momentum m of the teacher, updated after every step", low=0, high=1, high_open=True),
+        "queue_size": HP(4096, "rows Q of the key, confidence and candidate queues (REF only)", low=1,
+                         note=">= batch"),
+        "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
+        "ref_forwards": HP(True, "at λ = 0, keep the no-grad strong forward that moves the student's BN statistics"),
+    }
+
+    @classmethod
+    def views_for(cls, hp: dict) -> tuple[str, ...]:
+        """The REF term (λ > 0) reads the weak view (teacher keys) as well as cls and strong."""
+        return ("cls", "weak", "strong") if hp["ref_weight"] > 0 else tuple(cls.views)
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
         k = ctx.num_classes
-        self.use_ref = hp["ref_weight"] > 0
+        self.use_ref = self.uses_projection = hp["ref_weight"] > 0
         if self.use_ref:
             self.queue = RingQueue(hp["queue_size"], {"feat": ((ctx.proj_dim,), torch.float32, "unit"),
                                                       "rec": ((k,), torch.float32, "zeros"),
@@ -79,9 +101,11 @@ class DIRK(EMATeacherMethod):
             all_cands = torch.cat([cands, cands, snap["cands"]])
             mask = ref_mask(cands, all_cands, rec, dists)
             loss_ref = weighted_contrastive_loss(query, feats, mask, dists, self.hp["tau"], self.hp["tau_d"])
+            chance = contrastive_chance(len(feats), self.hp["tau"])
         else:
             loss_ref = moco_loss(query, key, snap["feat"], self.hp["tau"])
-        out.update(ref=loss_ref, loss=loss_teach + self.hp["ref_weight"] * loss_ref)
+            chance = moco_chance(len(snap["feat"]))
+        out.update({"ref": loss_ref, "chance/ref": chance, "loss": loss_teach + self.hp["ref_weight"] * loss_ref})
         return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from pllbench.losses import renormalize
-from pllbench.method import Batch, ClassifierMethod, register_method
+from pllbench.method import HP, Batch, ClassifierMethod, register_method
 
 
 def lws_loss(logits: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor, lambda0: float,
@@ -34,7 +34,10 @@ def lws_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
 @register_method("lws")
 class LWS(ClassifierMethod):
     summary = "LWS (ICML'21): leveraged weighted sigmoid loss over candidates and non-candidates"
-    hparams = {"lambda0": 1.0, "lambda1": 2.0}
+    hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
+        "lambda0": HP(1.0, "weight λ0 of the candidates' sigmoid loss", low=0),
+        "lambda1": HP(2.0, "weight λ1 of the non-candidates' sigmoid loss", low=0),
+    }
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)

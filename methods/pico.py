@@ -26,12 +26,14 @@ import torch.nn.functional as F
 from pllbench.losses import (
     candidate_argmax,
     contrast_log_prob,
+    contrastive_chance,
+    moco_chance,
     moco_loss,
     remove_self,
     renormalize,
     soft_cross_entropy,
 )
-from pllbench.method import Batch, Method, register_method
+from pllbench.method import HP, Batch, Method, register_method
 from pllbench.nets import ema_update
 from pllbench.queue import RingQueue
 
@@ -63,8 +65,16 @@ def supcon_loss(q: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, tau: f
 class PiCO(Method):
     summary = "PiCO (ICLR'22): MoCo SupCon on pseudo-labels, prototype-based label disambiguation"
     views = ("weak", "strong")
-    hparams = {"queue_size": 8192, "ema": 0.999, "proto_ema": 0.99, "cont_weight": 0.5, "prot_start": 1,
-               "tau": 0.07, "phi_start": 0.95, "phi_end": 0.8}
+    hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
+        "queue_size": HP(8192, "rows of the key feature and pseudo-label queue", low=1, note=">= batch"),
+        "ema": HP(0.999, "momentum m of the key encoder", low=0, high=1, high_open=True),
+        "proto_ema": HP(0.99, "momentum γ of the class prototypes", low=0, high=1, high_open=True),
+        "cont_weight": HP(0.5, "weight λ of the contrastive term", low=0),
+        "prot_start": HP(1, "first epoch of prototype disambiguation and SupCon; earlier epochs use MoCo", low=0),
+        "tau": HP(0.07, "temperature of the contrastive term", low=0, low_open=True),
+        "phi_start": HP(0.95, "moving-average factor φ of the label update at epoch 0", low=0, high=1),
+        "phi_end": HP(0.8, "φ at the last epoch (linear from phi_start)", low=0, high=1),
+    }
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
@@ -98,16 +108,22 @@ class PiCO(Method):
             labels = torch.cat([pseudo, pseudo, snap["label"]])
             mask = remove_self((pseudo[:, None] == labels[None, :]).float())
             loss_cont = supcon_loss(query, feats, mask, hp["tau"])
+            chance = contrastive_chance(len(feats), hp["tau"])
         else:
             loss_cont = moco_loss(query, key, snap["feat"], hp["tau"])
+            chance = moco_chance(len(snap["feat"]))
         loss_cls = soft_cross_entropy(logits, self.bank[batch.index])
-        return {"cls": loss_cls, "cont": loss_cont, "loss": loss_cls + hp["cont_weight"] * loss_cont}
+        return {"cls": loss_cls, "cont": loss_cont, "chance/cont": chance,
+                "loss": loss_cls + hp["cont_weight"] * loss_cont}
 
     def predict(self, x):
         return self.query_net.logits(x)
 
     def features(self, x):
         return self.query_net.features(x)
+
+    def projections(self, x):
+        return self.query_net.project(x)
 
     def confidences(self):
         return self.bank

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from pllbench.errors import PllbenchError
 from pllbench.losses import renormalize, soft_cross_entropy
-from pllbench.method import Batch, Method, register_method
+from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.proden import proden_update
 
 RECON_SIDE = 32  # images larger than this are area-downsampled to 32×32 for the reconstruction target
@@ -128,8 +128,19 @@ class LabelDecoder(nn.Sequential):
 class VALEN(Method):
     summary = "VALEN (NeurIPS'21): variational label enhancement with a Dirichlet latent label distribution"
     views = ("cls", "base")
-    hparams = {"warmup_epochs": 10, "decoder_dim": 0, "knn": 3, "alpha": 1.0, "beta": 0.1, "gamma": 10.0,
-               "theta": 1.0, "correct": 0.2}
+    hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
+        "warmup_epochs": HP(10, "PRODEN warm-up epochs W before the kNN graph, the encoder and stage 2", low=0),
+        "decoder_dim": HP(0, "hidden width of the input decoder; 0 = the input size (the official shape)", low=0),
+        "knn": HP(3, "neighbours k in the kNN graph of warm-up features", low=1),
+        "alpha": HP(1.0, "weight α_r of the reconstruction loss L_rec", low=0),
+        "beta": HP(0.1, "weight β of the Dirichlet KL term L_α", low=0),
+        "gamma": HP(10.0, "weight γ of the encoder's fit to the bank (L_d)", low=0),
+        "theta": HP(1.0, "weight θ of the classifier's fit to the targets d (L_o)", low=0),
+        "correct": HP(0.2, "κ: share of the Dirichlet sample in the new targets d (the rest is the bank o)",
+                      low=0, high=1),
+    }
+    preset_hparams = {"quick": {"warmup_epochs": 2, "decoder_dim": 784},
+                      "smoke": {"warmup_epochs": 1, "decoder_dim": 768}}
     dataset_hparams = {"fmnist": {"gamma": 5.0, "correct": 1.0}}
 
     def __init__(self, ctx, hp):

@@ -1,4 +1,5 @@
-"""`pllbench augment`: InstructPix2Pix class-specific edits for CAD (methods.md §1 "Augment artifact").
+"""InstructPix2Pix class-specific edits for CAD (methods.md §1 "Augment artifact"); the `pllbench augment`
+command is in pllbench/cli/augment.py.
 
 One edit E_{i,s} per train instance i and candidate s ∈ S_i, written through `pllbench.edits.build_edits` in
 chunks of `--batch-size` (one batched pipeline call each), so a killed build resumes at its last finished chunk.
@@ -23,9 +24,10 @@ Our choices [ours], each a deviation from or a gap in the official code:
   the sha256 of the instruction list, every pipeline parameter, the working resolution, the dtype, and the seed.
   `--batch-size` is not in the key: it changes throughput, not the recipe. Resuming with the same batch size gives
   byte-identical files; another batch size or device may move a few pixels by one grey level (float rounding).
-- Editor `tiny-ip2p`: the same diffusers pipeline with a randomly initialised miniature UNet (8 input channels, as
-  InstructPix2Pix), VAE and CLIP text encoder, seeded, and a byte-level CLIP tokenizer built in code: no download. It
-  exercises every code path in tests and benchmarks; its edits carry no class content.
+- Editor `tiny-ip2p` (pllbench/tiny_editor.py): the same diffusers pipeline with a randomly initialised miniature
+  UNet (8 input channels, as InstructPix2Pix), VAE and CLIP text encoder, seeded, and a byte-level CLIP tokenizer
+  built in code: no download. It exercises every code path in tests and benchmarks; its edits carry no class
+  content.
 """
 
 from __future__ import annotations
@@ -40,18 +42,17 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .edits import build_edits, edit_offsets, edits_key
 from .errors import PllbenchError
+from .tiny_editor import TINY, tiny_pipeline
 from .util import canonical_json, derive_seed, sha256_bytes
 from .views import center_crop
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
-TINY = "tiny-ip2p"
 RESOLUTION = 256
 PIPELINE_PARAMS = {"scheduler": "DPMSolverMultistepScheduler", "steps": 10, "guidance_scale": 5.0,
                    "image_guidance_scale": 1.5, "negative_prompt": None}
@@ -168,63 +169,6 @@ def modules_fingerprint(pipe) -> str:
                 digest.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _byte_symbols() -> list[str]:
-    """The 256 printable stand-ins of byte-level BPE: printable Latin-1 bytes are themselves, the rest 256 + n."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    symbols, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
-    return symbols
-
-
-def tiny_tokenizer():
-    """A byte-level CLIP tokenizer without merges: every byte is a token, word-final bytes carry `</w>`."""
-    from transformers import CLIPTokenizer
-
-    symbols = _byte_symbols()
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def tiny_pipeline():
-    """The `tiny-ip2p` editor: a seeded, randomly initialised miniature InstructPix2Pix pipeline (CPU, fp32)."""
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionInstructPix2PixPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = tiny_tokenizer()
-    vocab = tokenizer.get_vocab()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(TINY))
-        unet = UNet2DConditionModel(
-            sample_size=32, in_channels=8, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
-            norm_num_groups=8)
-        # Four levels like Stable Diffusion's VAE: latents are 1/8 of the image side.
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4, norm_num_groups=4, sample_size=256)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"]))
-    scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return StableDiffusionInstructPix2PixPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
 
 
 def _hub_offline() -> bool:
@@ -406,42 +350,3 @@ def augment(dataset: str, preset: str, seed: int, *, model: str | EditModel = DE
                "total": int(store.edits.shape[0]), "bytes": (store.folder / "edits.npy").stat().st_size,
                "path": str(store.folder), "hash": store.folder.name}
     return store, summary
-
-
-@click.command("augment")
-@click.option("--dataset", required=True)
-@click.option("--preset", default="paper", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int, help="Candidate seed (the run's seed).")
-@click.option("--editor", type=click.Choice(["ip2p", TINY]), default=None,
-              help=f"ip2p (default) or {TINY} (a random miniature pipeline for tests; same as --model {TINY}).")
-@click.option("--model", default=None,
-              help=f"A local diffusers folder, or a hub id (default {DEFAULT_MODEL}), or {TINY}.")
-@click.option("--prompts", default="names", show_default=True,
-              help="names (bare class names), detailed (shipped descriptions) or FILE.json {class: instruction}.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Edits per pipeline call (and per resumable chunk).")
-@click.option("--resolution", default=RESOLUTION, show_default=True, type=click.IntRange(min=8),
-              help="Working resolution of the editor (the paper's 256).")
-@click.option("--no-progress", is_flag=True)
-@click.option("--data-root", default=None, help="Folder holding the datasets (else $PLLBENCH_DATA).")
-@click.option("--download", is_flag=True, help="Allow fetching a missing dataset or model over the network.")
-@click.option("--cache-dir", default=None, help="Artifact cache (else $PLLBENCH_CACHE, ~/.cache/pllbench).")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
-def augment_cmd(dataset, preset, seed, editor, model, prompts, batch_size, resolution, no_progress, data_root,
-                download, cache_dir, device):
-    """Make CAD's class-specific InstructPix2Pix edits of a run's candidates (resumable)."""
-    from .cli import _device, _echo_err
-    from .util import cache_root
-
-    if editor == TINY or model == TINY:
-        if model not in (None, TINY) or editor not in (None, TINY):
-            raise PllbenchError(f"--editor {editor} and --model {model} disagree; pass --model {TINY} alone for the "
-                                f"miniature editor")
-        model = TINY
-    store, summary = augment(dataset, preset, seed, model=model or DEFAULT_MODEL, prompts=prompts,
-                             batch_size=batch_size, resolution=resolution, cache=cache_root(cache_dir),
-                             device=_device(device), root=data_root, download=download, progress=not no_progress,
-                             echo=_echo_err)
-    click.echo(f"augment: {summary['edits']} edits made in {summary['seconds']:.1f} s "
-               f"({summary['rate']:.2f} edits/s); artifact {summary['hash']} holds {summary['total']} edits, "
-               f"{summary['bytes']} bytes: {summary['path']}")

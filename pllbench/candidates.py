@@ -16,6 +16,7 @@ from .errors import PllbenchError
 from .util import derive_seed
 
 GEN_VERSION = "cand-v1"
+CANDIDATE_SOURCES = ("id", "oracle")
 
 
 def inclusion_probs(logits: torch.Tensor, labels: torch.Tensor, rate: float) -> torch.Tensor:
@@ -126,12 +127,22 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def get_candidates(cache: Path, *, dataset: dict, train_spec: dict, teacher_key_hash: str, teacher_sha: str,
                    teacher_mode: str, rate: float, seed: int, logits_fn, labels: torch.Tensor, teacher_stats_fn,
-                   gen_batch: int | None = None, classes=None) -> CandidateSet:
-    """Load or build the candidate artifact. `logits_fn()` gives the teacher logits on the train rows."""
+                   gen_batch: int | None = None, classes=None, source: str = "id") -> CandidateSet:
+    """Load or build the candidate artifact. `logits_fn()` gives the teacher logits on the train rows.
+
+    `source`: "id" (the instance-dependent generator) or "oracle" (the reference row: every set is {y}, i.e. the
+    same generator at rate 0). Either way the true labels stay inside the generator; methods see only the matrix.
+    """
+    if source not in CANDIDATE_SOURCES:
+        raise PllbenchError(f"unknown candidate source {source!r}; choose one of: {', '.join(CANDIDATE_SOURCES)}")
+    if source == "oracle":
+        rate = 0.0
     key = {"kind": "candidates", "dataset": dataset, "train": train_spec, "teacher": teacher_key_hash,
            "teacher_sha256": teacher_sha, "teacher_mode": teacher_mode,
            "gen_batch": gen_batch if teacher_mode == "train" else None, "rate": float(rate), "seed": int(seed),
            "version": GEN_VERSION}
+    if source != "id":  # keeps the hashes of every ID candidate set made before sources existed
+        key["source"] = source
 
     def build(tmp: Path) -> dict:
         start = time.time()

@@ -22,7 +22,8 @@ files are then hard-linked into the artifact, and the partial folder is removed 
 **Reading.** `EditStore(folder).gather(index, candidate_rows)` → (uint8 A×3×H×W edits, owner position in the batch
 (A), class id (A)) by one vectorised CSR gather on the memmap; `IdentityEdits` (editor `identity`, E_{i,s} = the
 base image) makes the same triple from the train images in memory. `open_edits(ctx, editor, pin)` is what a method
-calls: it picks `identity`, or finds the one stored artifact of that editor for the run's candidates.
+calls: it picks `identity`, or asks the run's artifact store (`ctx.artifacts`) for the one stored "edits" artifact
+of that editor keyed by the run's candidates.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import artifact_dir, load_or_build, verify
+from .artifacts import ArtifactStore
 from .errors import PllbenchError
 from .util import atomic_write_json, atomic_write_text, canonical_json
 from .views import center_crop
@@ -120,11 +121,12 @@ class EditWriter:
         del self.edits
 
 
-def build_edits(cache: Path, key: dict, candidates: np.ndarray, size: int,
+def build_edits(cache: ArtifactStore | Path, key: dict, candidates: np.ndarray, size: int,
                 editor: Callable[[np.ndarray, np.ndarray], np.ndarray | torch.Tensor], chunk: int = 256,
                 echo: Callable[[str], None] | None = None) -> EditStore:
     """Load or build the edit artifact for `key` from `editor(instances, labels) -> uint8 n×3×size×size`."""
-    final = artifact_dir(cache, "edits", key)
+    store = ArtifactStore.of(cache)
+    final = store.address("edits", key)
     partial = final.with_name(final.name + ".partial")
 
     def build(tmp: Path) -> dict:
@@ -145,9 +147,9 @@ def build_edits(cache: Path, key: dict, candidates: np.ndarray, size: int,
         n = len(writer.offsets) - 1
         return {"num_edits": writer.total, "size": int(size), "mean_edits": writer.total / max(n, 1)}
 
-    path, _ = load_or_build(cache, "edits", key, build)
+    artifact = store.load_or_build("edits", key, build)
     shutil.rmtree(partial, ignore_errors=True)
-    return EditStore(path)
+    return EditStore(artifact.path)
 
 
 def _pairs(cands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +190,9 @@ class EditStore:
 class IdentityEdits:
     """Editor `identity`: E_{i,s} = the base image (RGB at the model input size), made on the fly."""
 
-    def __init__(self, images: torch.Tensor, size: int):
-        base = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    def __init__(self, images: torch.Tensor, size: int, channels: int = 3):
+        """`channels`: the networks' input channels (1 keeps a gray dataset's images as they are)."""
+        base = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 and channels == 3 else images
         self.base = center_crop(base, size) if base.shape[-1] != size else base
 
     def gather(self, index: torch.Tensor, cands: torch.Tensor):
@@ -202,42 +205,33 @@ def augment_command(dataset: str, preset: str, seed: int, editor: str) -> str:
     return f"pllbench augment --dataset {dataset} --preset {preset} --seed {seed} --editor {editor}"
 
 
-def find_edits(cache: Path, candidates_hash: str, editor: str, pin: str = "") -> Path | None:
+def find_edits(cache: ArtifactStore | Path, candidates_hash: str, editor: str, pin: str = "") -> Path | None:
     """The verified folder of the one edit artifact of `editor` for these candidates (`pin`: a hash prefix);
     None when there is none."""
-    found = []
-    for meta_path in sorted((Path(cache) / "edits").glob("*/meta.json")):
-        if "." in meta_path.parent.name:  # .tmp-<pid> and .partial folders
-            continue
-        try:
-            key = json.loads(meta_path.read_text()).get("key", {})
-        except (ValueError, AttributeError):
-            raise PllbenchError(f"edits artifact {meta_path.parent} has no readable meta.json; delete the folder to "
-                                f"rebuild it") from None
-        if (key.get("candidates") == candidates_hash and key.get("editor") == editor
-                and key.get("version") == EDITS_VERSION and meta_path.parent.name.startswith(pin)):
-            found.append((meta_path.parent, key))
+    store = ArtifactStore.of(cache)
+    found = store.find("edits", pin, candidates=candidates_hash, editor=editor, version=EDITS_VERSION)
     if len(found) > 1:
-        names = ", ".join(path.name for path, _ in found)
+        names = ", ".join(artifact.hash for artifact in found)
         raise PllbenchError(f"several {editor!r} edit artifacts match candidates {candidates_hash} ({names}); "
                             f"pick one with --hp edits=HASH")
-    if not found:
-        return None
-    path, key = found[0]
-    verify(path, "edits", key)
-    return path
+    return store.verified(found[0]).path if found else None
 
 
 def open_edits(ctx, editor: str, pin: str = "") -> EditStore | IdentityEdits:
-    """The edit source of a run: `identity` on the fly, else the stored artifact for the run's candidates."""
+    """The edit source of a run: `identity` on the fly, else the stored artifact for the run's candidates, found
+    through the run's artifact store (`ctx.artifacts`)."""
     if editor == "identity":
-        return IdentityEdits(ctx.train_images, ctx.views.size)
-    path = find_edits(ctx.cache_dir, ctx.candidates_hash, editor, pin) if ctx.cache_dir else None
+        return IdentityEdits(ctx.train_images, ctx.views.size, ctx.views.channels)
+    store = ctx.artifacts
+    path = find_edits(store, store.candidates, editor, pin) if store is not None and store.candidates else None
     if path is None:
-        where = Path(ctx.cache_dir) / "edits" if ctx.cache_dir else "no cache"
-        raise PllbenchError(f"no {editor!r} edits for candidates {ctx.candidates_hash} in {where}; make them with "
-                            f"`{augment_command(ctx.dataset, ctx.preset, ctx.candidate_seed, editor)}`, "
-                            f"or use --hp editor=identity")
+        where = store.root / "edits" if store is not None else "no artifact store"
+        origin = store.origin if store is not None else {}
+        command = augment_command(origin.get("dataset", ctx.dataset), origin.get("preset", "PRESET"),
+                                  origin.get("candidate_seed", 0), editor)
+        candidates = store.candidates if store is not None else ""
+        raise PllbenchError(f"no {editor!r} edits for candidates {candidates or '(unknown: no run artifacts)'} in "
+                            f"{where}; make them with `{command}`, or use --hp editor=identity")
     store = EditStore(path)
     store.check(ctx.candidates)
     if store.size != ctx.views.size:

@@ -319,66 +319,57 @@ def teacher_extractor(cache: Path, dataset_key: dict, teacher_train, info, prese
                                                      device))
 
 
-def dataset_text(dataset_key: dict) -> str:
-    """The CLI form of a dataset key: name or name:k=v,..."""
-    options = dataset_key.get("options") or {}
-    return dataset_key["name"] + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
-
-
-def run_candidates(config: dict, cache: Path) -> np.ndarray:
+def run_candidates(config: dict, cache) -> np.ndarray:
     """The run's candidate matrix (uint8 N×K), from its content-addressed artifact, checksums verified."""
-    from .artifacts import verify
+    from .artifacts import ArtifactStore
 
-    digest = config["candidates"]["hash"]
-    folder = Path(cache) / "candidates" / digest
-    if not (folder / "meta.json").is_file():
+    store = ArtifactStore.of(cache)
+    digest = (config.get("candidates") or {}).get("hash", "")
+    artifact = store.by_hash("candidates", digest)
+    if artifact is None:
         raise PllbenchError(f"candidate artifact {digest} of run {config['method']}-s{config['seed']} is not in the "
-                            f"cache {cache}; pass the --cache-dir the run used")
-    verify(folder, "candidates")
-    return np.load(folder / "candidates.npy", allow_pickle=False)
+                            f"cache {store.root}; pass the --cache-dir the run used")
+    return np.load(artifact.file("candidates.npy"), allow_pickle=False)
 
 
-def load_run_method(run_dir: Path, cache: Path, device: torch.device, data_root=None):
-    """Rebuild a finished run's method from config.json and load model.pt; returns (method, config, data)."""
+def load_run_method(run_dir: Path, cache, device: torch.device, data_root=None):
+    """Rebuild a finished run's method from config.json (its RunConfig, the context the trainer built, with the
+    run's artifact store) and load model.pt; returns (method, config, data)."""
+    from .artifacts import ArtifactStore
     from .method import MethodContext, get_method
     from .prepare import load_data
-    from .views import ViewMaker
+    from .runconfig import RunConfig
+    from .views import run_view_maker
 
     run_dir = Path(run_dir)
     try:
         config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        run = RunConfig.from_json(config)
+    except (OSError, ValueError, PllbenchError):
         raise PllbenchError(f"{run_dir} is not a pllbench run folder (no readable config.json)") from None
     if not (run_dir / "model.pt").is_file():
         raise PllbenchError(f"run {run_dir} has no model.pt (unfinished, or trained before models were saved)")
-    cands = torch.from_numpy(run_candidates(config, cache)).float().to(device)
-    info, data, _, dataset_key = load_data(dataset_text(config["dataset"]), config["preset"]["name"], data_root)
-    if dataset_key != config["dataset"] or len(data.train) != len(cands):
-        raise PllbenchError(f"run {run_dir} was trained on other data than {dataset_text(config['dataset'])} "
-                            f"with preset {config['preset']['name']} gives now")
-    cfg = config["preset"]
-    n = len(cands)
-    n_val = max(1, round(config["val_fraction"] * n)) if config.get("val_fraction", 0) > 0 else 0
-    ctx = MethodContext(num_classes=info.num_classes, num_train=n, candidates=cands, backbone=cfg["backbone"],
-                        proj_dim=cfg["proj_dim"], epochs=cfg["epochs"],
-                        steps_per_epoch=max(1, (n - n_val) // cfg["batch_size"]), batch_size=cfg["batch_size"],
-                        dataset=info.name, views=ViewMaker(info), train_images=data.train.images.to(device),
-                        device=device)
-    method = get_method(config["method"])(ctx, config["hparams"]).to(device)
+    store = ArtifactStore.of(cache)
+    cands = torch.from_numpy(run_candidates(config, store)).float().to(device)
+    info, data, _, dataset_key = load_data(run.dataset_text, run.preset_name, data_root)
+    if dataset_key != run.dataset or len(data.train) != len(cands):
+        raise PllbenchError(f"run {run_dir} was trained on other data than {run.dataset_text} with preset "
+                            f"{run.preset_name} gives now")
+    ctx = MethodContext.for_run(run, info, cands, run_view_maker(info, run.preset), data.train.images.to(device),
+                                device, store)
+    method = get_method(run.method)(ctx, run.hparams).to(device)
     try:
         state = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
         method.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 — unreadable or mismatched weights mean the same to the user
-        raise PllbenchError(f"model.pt of {run_dir} cannot be loaded into {config['method']} ({exc})") from None
+        raise PllbenchError(f"model.pt of {run_dir} cannot be loaded into {run.method} ({exc})") from None
     method.eval()
     return method, config, data
 
 
 def method_features(method, images: torch.Tensor, info, device: torch.device) -> torch.Tensor:
-    """A trained method's `features()` on the base view (eval mode)."""
-    from .views import ViewMaker
-
-    maker = ViewMaker(info)
+    """A trained method's `features()` on the base view of its own run's view maker (eval mode)."""
+    maker = method.ctx.views
     method.eval()
     return batched_features(method.features, images, lambda x: maker(x, "base", None), device)
 

@@ -30,3 +30,31 @@ def approximated_accuracy(logits: torch.Tensor, cands: torch.Tensor) -> torch.Te
     pred = p.argmax(dim=1, keepdim=True)
     inside = cands.gather(1, pred).squeeze(1).float()
     return (inside * p.gather(1, pred).squeeze(1) / (p * cands).sum(dim=1).clamp_min(1e-30)).mean()
+
+
+@torch.no_grad()
+def mean_pairwise_cosine(z: torch.Tensor) -> float:
+    """Mean cosine over distinct pairs of the rows of z (L2-normalised here): (‖Σ ẑ‖² − n) / (n(n−1)).
+    1 when every row points the same way (a collapsed projection), about 0 for spread-out rows."""
+    z = torch.nn.functional.normalize(z.double(), dim=1)
+    n = len(z)
+    return float((z.sum(dim=0).square().sum() - n) / (n * (n - 1)))
+
+
+@torch.no_grad()
+def effective_rank(z: torch.Tensor) -> float:
+    """exp of the entropy of the normalised singular values of z (Roy & Vetterli, 2007): 1 for a rank-one matrix,
+    r for r orthogonal rows of equal norm."""
+    s = torch.linalg.svdvals(z.double())
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def projection_diagnostics(project, images: torch.Tensor, maker: ViewMaker, limit: int = 2000,
+                           batch_size: int = 1000) -> dict[str, float]:
+    """Collapse diagnostics of a method's projection head on the base view of the first `limit` test images."""
+    z = torch.cat([project(maker(images[s:s + batch_size], "base", None)).float()
+                   for s in range(0, min(limit, len(images)), batch_size)])
+    return {"proj/mean_cos": mean_pairwise_cosine(z), "proj/eff_rank": effective_rank(z)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,17 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float)
     negatives = q @ queue.t()
     logits = torch.cat([positive, negatives], dim=1) / tau
     return -F.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def moco_chance(queue_len: int) -> torch.Tensor:
+    """MoCo's value when every similarity is equal (a collapsed projection): log(1 + |Q|)."""
+    return torch.tensor(math.log(1 + queue_len))
+
+
+def contrastive_chance(n_keys: int, tau: float, tau_base: float = 0.07, weight_mass=1.0) -> torch.Tensor:
+    """A (τ/τ_b)-scaled weighted contrastive loss when every similarity is equal: each log-probability is
+    −log(n_keys − 1) (the self column excluded), times the mean row mass of the weights (1 when rows sum to 1)."""
+    return torch.as_tensor((tau / tau_base) * math.log(n_keys - 1) * weight_mass, dtype=torch.float32)
 
 
 def contrast_log_prob(q: torch.Tensor, feats: torch.Tensor, tau: float) -> torch.Tensor:

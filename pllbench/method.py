@@ -1,24 +1,48 @@
 """The method contract and registry.
 
-A method is an `nn.Module` subclass registered by name. It declares the views it needs and its hyperparameters
-(defaults, then per-dataset defaults), and gets batches of views, candidate rows and dataset indices, never true
-labels. The shared trainer owns epochs, the optimiser, devices, AMP, checkpoints and evaluation.
+A method is an `nn.Module` subclass registered by name. Its file owns everything about it: each hyperparameter
+declared once (`HP`: default, one-line meaning, range), per-dataset and per-preset overrides, and the views it needs
+as a function of its hyperparameters (`views_for`). It gets batches of views, candidate rows and dataset indices,
+never true labels, and reaches cached artifacts through `ctx.artifacts`. The shared trainer owns epochs, the
+optimiser, devices, AMP, checkpoints and evaluation.
 """
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
+from .artifacts import ArtifactStore
 from .errors import PllbenchError
+from .hparams import (  # noqa: F401 (the hyperparameter API, used with the method contract)
+    HP,
+    UNSCOPED,
+    canonical_overrides,
+    check_unscoped_hp,
+    check_views,
+    parse_hp_overrides,
+    parse_value,
+    resolve_hparams,
+)
 from .nets import Classifier, SupConNet, build_backbone, ema_update
 from .views import ViewMaker
+
+
+class ViewBatch(dict):
+    """A batch's views by name; reading a view the method did not ask for (`views_for`) is one clear error."""
+
+    def __init__(self, method: str, views: dict):
+        super().__init__(views)
+        self.method = method
+
+    def __missing__(self, view: str):
+        raise PllbenchError(f"method {self.method!r} read the view {view!r}, which its views_for(hp) does not list "
+                            f"(it drew: {', '.join(self) or 'none'}); add it to views_for")
 
 
 @dataclass
@@ -47,33 +71,81 @@ class MethodContext:
     views: ViewMaker
     train_images: torch.Tensor | None = None  # uint8 N×C×H×W on the device (images only; never labels)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    # Where the run's candidate artifact came from: artifacts keyed by it (CAD's edits) are looked up there.
-    cache_dir: Path | None = None
-    candidates_hash: str = ""
-    preset: str = ""
-    candidate_seed: int = 0
+    # The run's artifact store: artifacts by kind and key (CAD's edits for the run's candidates), never by path.
+    artifacts: ArtifactStore | None = None
+
+    @classmethod
+    def for_run(cls, run, info, candidates: torch.Tensor, views: ViewMaker, train_images: torch.Tensor | None,
+                device: torch.device, artifacts: ArtifactStore | None) -> MethodContext:
+        """The context of a run (a `RunConfig`): what the trainer builds, and what reloading a finished run for its
+        features builds again."""
+        cfg, n = run.preset, len(candidates)
+        steps = max(1, run.train_rows(n) // cfg["batch_size"])
+        return cls(num_classes=info.num_classes, num_train=n, candidates=candidates, backbone=cfg["backbone"],
+                   proj_dim=cfg["proj_dim"], epochs=cfg["epochs"], steps_per_epoch=steps,
+                   batch_size=cfg["batch_size"], dataset=info.name, views=views, train_images=train_images,
+                   device=device, artifacts=artifacts.for_run(run) if artifacts is not None else None)
 
     def classifier(self) -> Classifier:
-        return Classifier(build_backbone(self.backbone), self.num_classes)
+        return Classifier(build_backbone(self.backbone, self.views.channels), self.num_classes)
 
     def supcon_net(self) -> SupConNet:
-        return SupConNet(build_backbone(self.backbone), self.num_classes, self.proj_dim)
+        return SupConNet(build_backbone(self.backbone, self.views.channels), self.num_classes, self.proj_dim)
 
 
 class Method(nn.Module):
-    """Base class: override `training_step`; `after_step` and `on_epoch_start` are optional hooks."""
+    """Base class: override `training_step`; `after_step` and `on_epoch_start` are optional hooks.
+
+    `hparams` is the one declaration of the hyperparameters: {name: HP(default, meaning, range)}. A plain value
+    instead of an HP keeps a base class's declaration with a new default (`{**DIRK.hparams, "ref_weight": 1.0}`),
+    or declares an undocumented one. After the class is made, `hparams` holds the defaults, `hp_specs` the HP
+    objects and `hparam_docs` (range, meaning) per name. `preset_hparams` are the method's overrides per preset name
+    and `dataset_hparams` per dataset; `views_for(hp)` are the views its steps read."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for `pllbench list`
     family: ClassVar[str] = ""  # groups variants for preset overrides (e.g. every CAD ablation is "cad")
-    views: ClassVar[tuple[str, ...]] = ("cls",)
+    views: ClassVar[tuple[str, ...]] = ("cls",)  # the views of the default hyperparameters (see views_for)
     hparams: ClassVar[dict] = {}
+    hp_specs: ClassVar[dict[str, HP]] = {}
+    hparam_docs: ClassVar[dict[str, tuple[str, str]]] = {}
     dataset_hparams: ClassVar[dict[str, dict]] = {}
+    preset_hparams: ClassVar[dict[str, dict]] = {}  # preset name → overrides (e.g. smaller decoders on CPU presets)
+    # Where its candidate sets come from: "id" (the shared generator) or "oracle" (|S| = 1, the reference row).
+    candidate_source: ClassVar[str] = "id"
+    reference: ClassVar[bool] = False  # a reference row (printed outside the ranking), not a PLL method
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("hparams")
+        parent = next((base.__dict__["hp_specs"] for base in cls.__mro__[1:] if "hp_specs" in base.__dict__), {})
+        if own is None:
+            specs = dict(parent)
+        else:
+            legacy_docs = cls.__dict__.get("hparam_docs", {})  # (range, meaning) of plugins written before HP
+            specs = {}
+            for key, value in own.items():
+                if isinstance(value, HP):
+                    specs[key] = value
+                elif key in parent:
+                    specs[key] = dataclasses.replace(parent[key], default=value)
+                else:
+                    rng, doc = legacy_docs.get(key, ("", ""))
+                    specs[key] = HP(value, doc, note=rng or None)
+        cls.hp_specs = specs
+        cls.hparams = {key: spec.default for key, spec in specs.items()}
+        cls.hparam_docs = {key: (spec.range_text, spec.doc) for key, spec in specs.items() if spec.doc}
+
+    @classmethod
+    def views_for(cls, hp: dict) -> tuple[str, ...]:
+        """The views a step with these hyperparameters reads, in the order they are drawn (default: `views`)."""
+        return tuple(cls.views)
 
     def __init__(self, ctx: MethodContext, hp: dict):
         super().__init__()
         self.ctx = ctx
         self.hp = hp
+        self.views = type(self).views_for(hp)  # what make_batch draws for this instance
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Losses of one step; "loss" is the one back-propagated, the rest are logged."""
@@ -96,6 +168,10 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def confidences(self) -> torch.Tensor | None:
+        return None
+
+    def projections(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The L2-normalised output of a *trained* projection head (collapse diagnostics), or None."""
         return None
 
     @classmethod
@@ -133,6 +209,11 @@ class EMATeacherMethod(Method):
 
     def after_step(self, batch: Batch) -> None:
         ema_update(self.teacher, self.student, self.hp["ema"])
+
+    uses_projection: bool = False  # set by a subclass whose loss trains the student's projection head
+
+    def projections(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.student.project(x) if self.uses_projection else None
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.student.logits(x)
@@ -184,63 +265,14 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+def registered_methods() -> list[type[Method]]:
+    """Every registered method class (built-in and plugins), by name."""
+    load_plugins()
+    return [_METHODS[name] for name in sorted(_METHODS)]
+
+
 def get_method(name: str) -> type[Method]:
     load_plugins()
     if name not in _METHODS:
         raise PllbenchError(f"unknown method {name!r}; choose from: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
-
-
-def parse_value(text: str):
-    """`--hp` values: Python literals (1, 0.5, true/false, 'x', [1,2]); anything else stays a string."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-        return text.strip()
-
-
-def parse_hp_overrides(items: list[str]) -> dict[str | None, dict]:
-    """`key=value` or `method.key=value` → {method or None: {key: value}}."""
-    out: dict[str | None, dict] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key or not value.strip():
-            raise PllbenchError(f"malformed --hp {item!r}: expected key=value or method.key=value")
-        scope, _, bare = key.rpartition(".")
-        out.setdefault(scope or None, {})[bare] = parse_value(value)
-    return out
-
-
-def resolve_hparams(cls: type[Method], dataset: str, preset_overrides: dict, cli: dict[str | None, dict]) -> dict:
-    """defaults → per-dataset defaults → preset overrides (known keys only) → --hp (must be known)."""
-    hp = dict(cls.hparams)
-    hp.update(cls.dataset_hparams.get(dataset, {}))
-    hp.update({k: v for k, v in preset_overrides.items() if k in cls.hparams})
-    for scope in (None, cls.name):
-        for key, value in cli.get(scope, {}).items():
-            if key not in cls.hparams:
-                if scope is None:
-                    continue  # an unscoped key applies to the methods that declare it
-                raise PllbenchError(f"method {cls.name!r} has no hyperparameter {key!r}; it has: "
-                                    f"{', '.join(sorted(cls.hparams)) or 'none'}")
-            default = cls.hparams[key]
-            if isinstance(default, bool) != isinstance(value, bool) or (
-                    isinstance(default, (int, float)) and not isinstance(value, (int, float))):
-                raise PllbenchError(f"--hp {key}={value!r} for {cls.name}: expected a value like {default!r}")
-            hp[key] = float(value) if isinstance(default, float) and not isinstance(value, bool) else value
-    return hp
-
-
-def check_unscoped_hp(method_classes: list[type[Method]], cli: dict[str | None, dict]) -> None:
-    """An unscoped --hp key must belong to at least one of the requested methods."""
-    for key in cli.get(None, {}):
-        if not any(key in cls.hparams for cls in method_classes):
-            names = ", ".join(cls.name for cls in method_classes)
-            raise PllbenchError(f"--hp {key}: no requested method ({names}) has a hyperparameter of that name")
-    for scope in cli:
-        if scope is not None and scope not in {cls.name for cls in method_classes}:
-            raise PllbenchError(f"--hp {scope}.*: method {scope!r} is not among the requested methods")

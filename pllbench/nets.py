@@ -16,16 +16,17 @@ def _conv_bn_relu(cin, cout):
 
 
 class SmallCNN(nn.Module):
-    """cnn-s (16/32/64) and cnn-xs (8/16/32): conv blocks with 2×2 max-pools between them (protocols.md §6)."""
+    """cnn-m (32/64/128), cnn-s (16/32/64), cnn-xs (8/16/32): conv blocks, 2×2 max-pools between (protocols.md §6)."""
 
-    def __init__(self, widths=(16, 32, 64), in_channels=3):
+    def __init__(self, widths=(16, 32, 64), in_channels=3, convs_per_stage=1):
         super().__init__()
         layers, cin = [], in_channels
         for n, width in enumerate(widths):
             if n:
                 layers.append(nn.MaxPool2d(2))
-            layers.append(_conv_bn_relu(cin, width))
-            cin = width
+            for _ in range(convs_per_stage):
+                layers.append(_conv_bn_relu(cin, width))
+                cin = width
         self.body = nn.Sequential(*layers)
         self.out_dim = cin
 
@@ -152,19 +153,22 @@ class TorchvisionWRN50(nn.Module):
         return self.feature_map(x).mean(dim=(2, 3))
 
 
-BACKBONES = {
-    "cnn-xs": lambda: SmallCNN((8, 16, 32)),
-    "cnn-s": lambda: SmallCNN((16, 32, 64)),
-    "resnet18c": lambda: CifarResNet((2, 2, 2, 2)),
-    "resnet34c": lambda: CifarResNet((3, 4, 6, 3)),
-    "mlp": MLPTeacher,
-    "wrn28-10": lambda: WideResNet(28, 10, 0.3),
-    "wrn50-2": TorchvisionWRN50,
+BACKBONES = {  # name → builder(in_channels)
+    "cnn-xs": lambda c: SmallCNN((8, 16, 32), c),
+    "cnn-s": lambda c: SmallCNN((16, 32, 64), c),
+    "cnn-m": lambda c: SmallCNN((32, 64, 128), c),
+    "cnn-s2": lambda c: SmallCNN((16, 32, 64), c, convs_per_stage=2),
+    "cnn-m2": lambda c: SmallCNN((32, 64, 128), c, convs_per_stage=2),
+    "resnet18c": lambda c: CifarResNet((2, 2, 2, 2), c),
+    "resnet34c": lambda c: CifarResNet((3, 4, 6, 3), c),
+    "mlp": lambda c: MLPTeacher(),  # reads the first channel
+    "wrn28-10": lambda c: WideResNet(28, 10, 0.3, c),
+    "wrn50-2": lambda c: TorchvisionWRN50(),  # ImageNet stem: three channels
 }
 
 
-def build_backbone(name: str) -> nn.Module:
-    return BACKBONES[name]()
+def build_backbone(name: str, in_channels: int = 3) -> nn.Module:
+    return BACKBONES[name](in_channels)
 
 
 class Classifier(nn.Module):

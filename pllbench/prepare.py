@@ -11,6 +11,7 @@ import torch
 
 from .candidates import CandidateSet, get_candidates
 from .data import DatasetInfo, ImageData, Split, data_root, get_dataset, stratified_subset
+from .errors import PllbenchError
 from .evaluate import accuracy
 from .presets import resolve_preset
 from .teacher import get_teacher, teacher_logits
@@ -34,10 +35,12 @@ def default_device() -> torch.device:
 def _load(dataset: str, root: str | None, download: bool):
     loader = get_dataset(dataset)
     train, test = loader.load(data_root(root), download)
-    teacher_train = loader.teacher_split(data_root(root)) if hasattr(loader, "teacher_split") else train
+    teacher_train = loader.teacher_split(data_root(root), train)
     info = loader.info()
-    options = loader.options() if hasattr(loader, "options") else {}
-    return info, train, test, teacher_train, {"name": info.name, "options": options}
+    if info.name != loader.name:
+        raise PllbenchError(f"{type(loader).__name__}.info() names the dataset {info.name!r}, but it is registered as "
+                            f"{loader.name!r}; use one name")
+    return info, train, test, teacher_train, loader.key()
 
 
 def load_data(dataset: str, preset: str, root=None, download=False) -> tuple[DatasetInfo, ImageData, Split, dict]:
@@ -54,7 +57,7 @@ def load_data(dataset: str, preset: str, root=None, download=False) -> tuple[Dat
 
 
 def prepare(dataset: str, preset: str, seed: int, *, root=None, download=False, cache: Path, device=None,
-            candidate_seed: int | None = None, echo=print) -> Prepared:
+            candidate_seed: int | None = None, candidate_source: str = "id", echo=print) -> Prepared:
     device = device or default_device()
     info, data, teacher_train, dataset_key = load_data(dataset, preset, root, download)
     cfg = resolve_preset(preset, info.name)
@@ -77,5 +80,6 @@ def prepare(dataset: str, preset: str, seed: int, *, root=None, download=False, 
     cands = get_candidates(cache, dataset=dataset_key, train_spec=data.train_spec, teacher_key_hash=key_hash(t_key),
                            teacher_sha=t_sha, teacher_mode=recipe["mode"], rate=cfg["rate"],
                            seed=seed if candidate_seed is None else candidate_seed, logits_fn=logits_fn,
-                           labels=data.train.labels, teacher_stats_fn=stats_fn, classes=info.classes)
+                           labels=data.train.labels, teacher_stats_fn=stats_fn, classes=info.classes,
+                           source=candidate_source)
     return Prepared(data, dataset_key, cfg, cands, key_hash(t_key))

@@ -1,40 +1,26 @@
-"""Presets (protocols.md §4, §6, §7): optimisation, backbone, batch, rate, teacher, data subsets, overrides."""
+"""Presets (protocols.md §4, §6, §7): optimisation, backbone, batch, data subsets, method overrides, the preset's own
+candidate teacher; the per-dataset parts (rate, teachers, paper backbone and batch, support) are the datasets'."""
 
 from __future__ import annotations
 
 import copy
 
+from .data import dataset_class, dataset_names, paper_datasets
 from .errors import PllbenchError
 
-# Candidate rates per dataset (candidates.md §2).
-RATES = {"fmnist": 1.0, "cifar10": 1.0, "cifar100": 0.1, "flowers": 0.05, "pets": 0.1, "synthetic": 0.5}
-
-# Teacher recipes (candidates.md §3): common SGD-Nesterov, per-step cosine to 0, 1-epoch linear warm-up, seed 0.
+# A preset's own candidate teacher (candidates.md §3), for every dataset that names none for the preset (a dataset's
+# recipes, e.g. the paper's per-dataset teachers, are in its file: Dataset.teachers). Common to all: SGD-Nesterov,
+# per-step cosine to 0 after a 1-epoch linear warm-up, seed 0 (resolve_preset adds them).
 TEACHERS = {
-    ("paper", "fmnist"): {"arch": "mlp", "epochs": 40, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
-                          "augment": "none", "label_smoothing": 0.0},
-    ("paper", "cifar10"): {"arch": "wrn28-10", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
-                           "augment": "flip-crop", "label_smoothing": 0.0},
-    ("paper", "cifar100"): {"arch": "wrn50-2", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
-                            "augment": "flip-crop", "label_smoothing": 0.0},
-    ("paper", "flowers"): {"arch": "wrn50-2", "epochs": 300, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
-                           "augment": "rrc-flip-jitter", "label_smoothing": 0.1},
-    ("paper", "pets"): {"arch": "wrn50-2", "epochs": 200, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
-                        "augment": "rrc-flip-jitter", "label_smoothing": 0.1},
-    ("quick", "*"): {"arch": "cnn-s", "epochs": 3, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4,
-                     "augment": "flip-crop", "label_smoothing": 0.0},
-    ("smoke", "*"): {"arch": "cnn-xs", "epochs": 3, "batch_size": 16, "lr": 0.05, "weight_decay": 5e-4,
-                     "augment": "none", "label_smoothing": 0.0},
+    "quick": {"arch": "cnn-s", "epochs": 3, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4,
+              "augment": "flip-crop", "label_smoothing": 0.0},
+    "smoke": {"arch": "cnn-xs", "epochs": 3, "batch_size": 16, "lr": 0.05, "weight_decay": 5e-4,
+              "augment": "none", "label_smoothing": 0.0},
 }
 
-PAPER_DATA = {
-    "fmnist": {"backbone": "resnet18c", "batch_size": 64},
-    "cifar10": {"backbone": "resnet34c", "batch_size": 64},
-    "cifar100": {"backbone": "resnet34c", "batch_size": 64},
-    "flowers": {"backbone": "resnet34c", "batch_size": 16},
-    "pets": {"backbone": "resnet34c", "batch_size": 16},
-}
-
+# Which datasets a preset runs is declared by each dataset (Dataset.presets, pllbench/dataset.py), as are its
+# candidate rate, its teacher recipes and the fields a preset changes for it (the paper's per-dataset backbone and
+# batch size): adding a dataset is one file.
 PRESETS = {
     "paper": {
         "description": "the CAD paper's protocol: 500 epochs, SGD 0.01, cosine, per-dataset backbone and batch",
@@ -42,23 +28,23 @@ PRESETS = {
         "backbone": "resnet34c", "batch_size": 64, "train_per_class": None, "test_per_class": None,
         "method_hparams": {},
     },
+    # Calibrated by measurement (docs/calibration.md, benchmarks/calibrate.py): the 4k subset, cnn-s and the 16-px
+    # cutout of the first quick preset could not disambiguate ID candidates (PRODEN 34 %, oracle 68 %).
     "quick": {
-        "description": "2 CPU cores: Fashion-MNIST 4k/2k subset, cnn-s, 15 epochs, batch 128",
+        "description": "2 CPU cores: Fashion-MNIST 20k train / full 10k test, cnn-m2 on one-channel views, no "
+                       "cutout, per-step cosine, 15 epochs, batch 128",
         "epochs": 15, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "eta_min": 0.05e-3, "proj_dim": 64,
-        "backbone": "cnn-s", "batch_size": 128, "train_per_class": 400, "test_per_class": 200,
-        "method_hparams": {"*": {"queue_size": 2048},
-                           "cel": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
-                           "valen": {"warmup_epochs": 2, "decoder_dim": 784},
-                           "cad": {"editor": "identity"}},
+        "backbone": "cnn-m2", "batch_size": 128, "train_per_class": 2000, "test_per_class": None,
+        "cls_cutout": 0, "schedule": "step", "gray_input": True,
+        # shared by every method that declares the key; a method's own overrides are in its file (preset_hparams)
+        "method_hparams": {"*": {"queue_size": 2048}},
+        "method_preset": "quick",  # presets copied from this dict (benchmarks/calibrate.py) keep quick's overrides
     },
     "smoke": {
         "description": "tests: synthetic 4-class 16-px data, cnn-xs, 2 epochs, batch 16",
         "epochs": 2, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "eta_min": 0.05e-3, "proj_dim": 32,
         "backbone": "cnn-xs", "batch_size": 16, "train_per_class": None, "test_per_class": None,
-        "method_hparams": {"*": {"queue_size": 128},
-                           "cel": {"dim": 16, "heads": 2, "ffn": 32, "warmup_epochs": 1},
-                           "valen": {"warmup_epochs": 1, "decoder_dim": 768},
-                           "cad": {"editor": "identity"}},
+        "method_hparams": {"*": {"queue_size": 128}},
     },
 }
 
@@ -71,31 +57,83 @@ def resolve_preset(preset: str, dataset: str) -> dict:
     """The preset's settings for one dataset, every field explicit."""
     if preset not in PRESETS:
         raise PllbenchError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    spec = dataset_class(dataset)
+    if preset not in spec.presets:
+        made_for = [name for name in PRESETS if name in spec.presets]
+        fix = f"pass --preset {made_for[0]}" if made_for else f"add {preset!r} to {spec.__name__}.presets"
+        raise PllbenchError(f"preset {preset!r} is not made for dataset {dataset!r} (it is for: "
+                            f"{', '.join(preset_datasets(preset)) or 'no dataset'}); {fix}")
     cfg = copy.deepcopy(PRESETS[preset])
     cfg.pop("description")
+    cfg["method_hparams"] = method_table(cfg["method_hparams"], cfg.pop("method_preset", preset))
     cfg["name"] = preset
-    if preset == "paper" and dataset in PAPER_DATA:
-        cfg.update(PAPER_DATA[dataset])
-    cfg["rate"] = RATES.get(dataset, 1.0)
-    teacher = TEACHERS.get((preset, dataset)) or TEACHERS.get((preset, "*"))
+    settings = spec.preset_settings.get(preset, {})
+    unknown = sorted(set(settings) - set(cfg))
+    if unknown:
+        raise PllbenchError(f"dataset {dataset!r} sets {', '.join(unknown)} for preset {preset!r}, which has no such "
+                            f"field; fix {spec.__name__}.preset_settings")
+    cfg.update(copy.deepcopy(settings))
+    cfg["rate"] = float(spec.rate)
+    teacher = spec.teachers.get(preset) or spec.teachers.get("*") or TEACHERS.get(preset)
     if teacher is None:
-        raise PllbenchError(f"preset {preset!r} has no candidate teacher for dataset {dataset!r}")
+        raise PllbenchError(f"preset {preset!r} has no candidate teacher for dataset {dataset!r}; give "
+                            f"{spec.__name__}.teachers a {preset!r} recipe")
     cfg["teacher"] = dict(teacher, seed=0, momentum=0.9, nesterov=True, warmup_epochs=1, mode="eval")
     return cfg
 
 
+def preset_datasets(preset: str) -> list[str]:
+    """The datasets made for `preset` (each dataset declares its presets): the paper's first, in its order."""
+    paper = paper_datasets()
+    names = [name for name in dataset_names() if preset in dataset_class(name).presets]
+    return sorted(names, key=lambda n: (paper.index(n) if n in paper else len(paper), n))
+
+
+def builtin_method(cls) -> bool:
+    return cls.__module__.startswith("pllbench.methods.")
+
+
+def method_table(shared: dict, preset: str) -> dict:
+    """A run's record of its preset's method overrides: the preset's shared entries ("*") plus, per method family,
+    what the built-in method files declare for `preset` (`preset_hparams`). Recorded in config["preset"] as the
+    preset tables held them before the method files did, so run ids stay the same; plugins' own overrides are
+    applied (method_overrides) but not recorded here, so installing one changes no other run's id."""
+    from .method import registered_methods
+
+    table = {scope: dict(values) for scope, values in shared.items()}
+    for cls in registered_methods():
+        overrides = cls.preset_hparams.get(preset)
+        if not overrides or not builtin_method(cls):
+            continue
+        entry = table.setdefault(cls.family, {})
+        clash = {k for k, v in overrides.items() if k in entry and entry[k] != v}
+        if clash:
+            raise PllbenchError(f"methods of family {cls.family!r} declare different {preset!r} overrides for "
+                                f"{', '.join(sorted(clash))}")
+        entry.update(overrides)
+    return table
+
+
 def method_overrides(preset_cfg: dict, method: str, family: str) -> dict:
-    """Preset overrides for one method: '*' entries, then the method family's, then the method's own."""
+    """Preset overrides for one method: '*' entries, then the method family's, then the method's own (the built-in
+    methods' entries are in the table, see method_table); a plugin's own `preset_hparams` for the preset last."""
+    from .method import get_method
+
     table = preset_cfg["method_hparams"]
     out = dict(table.get("*", {}))
     out.update(table.get(family, {}))
     out.update(table.get(method, {}))
+    cls = get_method(method)
+    if not builtin_method(cls):
+        out.update(cls.preset_hparams.get(preset_cfg["name"], {}))
     return out
 
 
-def lr_at_epoch(cfg: dict, epoch: int) -> float:
-    """Per-epoch cosine: lr_e = η + (lr − η)(1 + cos(π e / E))/2."""
+def lr_at(cfg: dict, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """Cosine from lr to η: lr_t = η + (lr − η)(1 + cos(π t / T))/2 with t = e, T = E (schedule "epoch", the
+    official codes') or t = e + s/steps (schedule "step": a per-step cosine, which short CPU schedules need)."""
     import math
 
     eta, lr0, total = cfg["eta_min"], cfg["lr"], cfg["epochs"]
-    return eta + (lr0 - eta) * (1 + math.cos(math.pi * epoch / total)) / 2
+    t = epoch + step / steps if cfg.get("schedule", "epoch") == "step" else epoch
+    return eta + (lr0 - eta) * (1 + math.cos(math.pi * t / total)) / 2

@@ -6,12 +6,19 @@ Files a grid adds beside the trainer's (config.json, curves.jsonl, progress.json
   the next process; the file itself is never deleted (deleting a lock file lets two processes lock two inodes).
 - `attempts.jsonl`: one line per event (start, done, failed) with pid, host, time and the epoch it resumed from.
 - `failed.json`: the last attempt's one-line error; removed when the next attempt starts.
+- `manifest.json`: written by the trainer right before final.json (`write_finished`): every file of the finished run
+  (config.json, curves.jsonl, predictions.parquet, model.pt and final.json itself) with its size and sha256. Readers
+  verify a finished run against it (`verify_finished`); a mismatch makes the run `corrupt`, never resumable.
+
+A job that fails before it has a run folder (preparing its data or candidates) is recorded in
+`<runs>/_jobs/<job id>.failed.json`, so `pllbench status` counts it as failed, not pending.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -20,11 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PllbenchError
-from .util import atomic_write_json
+from .util import atomic_write_bytes, atomic_write_json, sha256_file
 
 LOCK = "job.lock"
 ATTEMPTS = "attempts.jsonl"
 FAILED = "failed.json"
+MANIFEST = "manifest.json"
+FINAL = "final.json"
+FINISHED_FILES = ("config.json", "curves.jsonl", "predictions.parquet", "model.pt")  # + final.json
+JOBS_DIR = "_jobs"
 CLAIM_RETRIES = 10  # a `pllbench status` probe holds the lock for microseconds; do not mistake it for a run
 CLAIM_WAIT_S = 0.05
 
@@ -152,9 +163,103 @@ def read_curves(run_dir: Path) -> list[dict]:
     return read_jsonl(run_dir / "curves.jsonl")
 
 
+# ---------------------------------------------------------------------------------------- manifest (integrity)
+
+
+def final_bytes(final: dict) -> bytes:
+    """final.json's exact bytes (what `atomic_write_json` writes)."""
+    return (json.dumps(final, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_finished(run_dir: Path, final: dict) -> None:
+    """Commit a finished run: manifest.json (size and sha256 of every file, final.json's from the bytes about to be
+    written), then final.json. Both are atomic renames and final.json comes last, so a kill leaves either no
+    final.json (the run resumes from its last checkpoint and rewrites both) or a manifest that matches."""
+    data = final_bytes(final)
+    files = {name: {"bytes": (run_dir / name).stat().st_size, "sha256": sha256_file(run_dir / name)}
+             for name in FINISHED_FILES}
+    files[FINAL] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_json(run_dir / MANIFEST, {"version": 1, "files": files})
+    atomic_write_bytes(run_dir / FINAL, data)
+
+
+_HASHED: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) → sha256: a file is hashed once per process
+
+
+def _sha256_cached(path: Path, st: os.stat_result) -> str:
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
+
+
+def corrupt_message(run_dir: Path, problem: str) -> str:
+    return f"run {run_dir} is corrupt ({problem}); delete {run_dir} to rerun it"
+
+
+def verify_finished(run_dir: Path) -> tuple[dict | None, str | None]:
+    """(final.json's content, None) for a finished run whose files match its manifest, or (None, the one-line
+    problem naming the file and the fix). A run finished before manifests existed is checked for a readable
+    final.json only."""
+    run_dir = Path(run_dir)
+    try:
+        final = json.loads((run_dir / FINAL).read_text())
+        if not isinstance(final, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as exc:
+        why = "cannot be read" if isinstance(exc, OSError) else "is not valid JSON: truncated or overwritten"
+        return None, corrupt_message(run_dir, f"{FINAL} {why}")
+    manifest_path = run_dir / MANIFEST
+    if not manifest_path.exists():
+        return final, None  # finished before manifests existed
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+        entries = [(name, int(info["bytes"]), str(info["sha256"])) for name, info in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, corrupt_message(run_dir, f"{MANIFEST} is unreadable")
+    for name, size, digest in entries:
+        path = run_dir / name
+        if "/" in name or name.startswith("."):
+            return None, corrupt_message(run_dir, f"{MANIFEST} names {name!r}")
+        try:
+            st = path.stat()
+        except OSError:
+            return None, corrupt_message(run_dir, f"{name} is missing")
+        if st.st_size != size:
+            return None, corrupt_message(run_dir, f"{name} has {st.st_size} bytes, its manifest says {size}: "
+                                                  f"truncated or overwritten")
+        if _sha256_cached(path, st) != digest:
+            return None, corrupt_message(run_dir, f"{name} fails its sha256 in {MANIFEST}")
+    return final, None
+
+
+# ------------------------------------------------------------------------- failures before a run folder exists
+
+
+def job_failure_path(runs: Path, job_id: str) -> Path:
+    return Path(runs) / JOBS_DIR / f"{job_id}.failed.json"
+
+
+def record_job_failure(runs: Path, job_id: str, error: str, job: dict) -> None:
+    """A job that failed before it had a run folder (best effort: the disk may be what failed)."""
+    with contextlib.suppress(OSError):
+        atomic_write_json(job_failure_path(runs, job_id), owner_info(error=error, job=job))
+
+
+def clear_job_failure(runs: Path, job_id: str) -> None:
+    with contextlib.suppress(OSError):
+        job_failure_path(runs, job_id).unlink(missing_ok=True)
+
+
+def read_job_failure(runs: Path, job_id: str) -> dict | None:
+    data = read_json(job_failure_path(runs, job_id))
+    return data if isinstance(data, dict) else None
+
+
 @dataclass
 class RunFolder:
-    """What a run folder says about its run. state: done, running, failed, incomplete (resumable) or new."""
+    """What a run folder says about its run. state: done, running, failed, corrupt (finished, but a file fails its
+    manifest: never resumable), incomplete (resumable) or new."""
 
     path: Path
     rel: str
@@ -163,9 +268,12 @@ class RunFolder:
     failed: dict | None = None
     owner: dict | None = None
     curves: list[dict] = field(default_factory=list)
+    corrupt: str | None = None  # the one-line problem of a finished run whose files fail their manifest
 
     @property
     def state(self) -> str:
+        if self.corrupt is not None:
+            return "corrupt"
         if self.final is not None:
             return "done"
         if self.owner is not None:
@@ -199,7 +307,8 @@ def scan(root: Path) -> list[RunFolder]:
         config = read_json(config_path)
         if not isinstance(config, dict) or "method" not in config:
             continue
-        out.append(RunFolder(run_dir, f"{run_dir.parent.name}/{run_dir.name}", config,
-                             final=read_json(run_dir / "final.json"), failed=read_json(run_dir / FAILED),
-                             owner=lock_owner(run_dir), curves=read_curves(run_dir)))
+        final, corrupt = verify_finished(run_dir) if (run_dir / FINAL).exists() else (None, None)
+        out.append(RunFolder(run_dir, f"{run_dir.parent.name}/{run_dir.name}", config, final=final,
+                             failed=read_json(run_dir / FAILED), owner=lock_owner(run_dir),
+                             curves=read_curves(run_dir), corrupt=corrupt))
     return out

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 from . import views as V
 from .artifacts import load_or_build
-from .data import DatasetInfo, Split
+from .dataset import DatasetInfo, Split
+from .errors import PllbenchError
 from .nets import Classifier, build_backbone
 from .util import derive_seed, sha256_file
+from .view_families import TEACHER_AUGMENTS
 
 TEACHER_VERSION = "teacher-v1"
 
@@ -33,13 +35,16 @@ def build_teacher(info: DatasetInfo, recipe: dict) -> Classifier:
 
 
 def _augment(x: torch.Tensor, kind: str, maker: V.ViewMaker, gen: torch.Generator) -> torch.Tensor:
-    """The teacher's train pipeline on float [0,1] images; returns normalised input."""
+    """The teacher's train pipeline (`kind`: one of view_families.TEACHER_AUGMENTS) on float [0,1] images; returns
+    normalised input. The flip-crop pads 4 px the family's way (reflect at 32 px, zeros at 28 px)."""
     size = maker.size
     if kind == "flip-crop":
-        x = V.pad_crop(V.hflip(x, gen), gen, size, 4, "reflect" if maker.family == "32" else "constant")
+        x = V.pad_crop(V.hflip(x, gen), gen, size, 4, maker.recipe.teacher_pad_mode)
     elif kind == "rrc-flip-jitter":
         x = V.random_resized_crop(x, gen, size, (0.08, 1.0))
         x = V.color_jitter(V.hflip(x, gen), gen, 0.4, 0.4, 0.4, 0.0, p=1.0)
+    elif kind != "none":
+        raise PllbenchError(f"unknown teacher augment {kind!r}; known: {', '.join(TEACHER_AUGMENTS)}")
     elif x.shape[-1] != size:
         x = V.center_crop(x, size)
     return maker.normalize(x)

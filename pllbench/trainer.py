@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import platform
@@ -15,14 +16,16 @@ import numpy as np
 import torch
 
 from . import __version__
-from .artifacts import git_commit
+from .artifacts import ArtifactStore, git_commit
 from .errors import PllbenchError
-from .evaluate import accuracy, approximated_accuracy, covering_rate, predict_logits
-from .method import Batch, MethodContext, get_method, resolve_hparams
+from .evaluate import accuracy, approximated_accuracy, covering_rate, predict_logits, projection_diagnostics
+from .method import Batch, MethodContext, ViewBatch, get_method
 from .prepare import Prepared
-from .presets import lr_at_epoch, method_overrides
-from .util import atomic_write_bytes, atomic_write_json, atomic_write_text, derive_seed, key_hash, sha256_bytes
-from .views import ViewMaker
+from .presets import lr_at
+from .runconfig import RunConfig
+from .runs import verify_finished, write_finished
+from .util import atomic_write_bytes, atomic_write_json, atomic_write_text, derive_seed, sha256_bytes
+from .views import ViewMaker, run_view_maker
 
 
 class NonFiniteLoss(PllbenchError):
@@ -31,26 +34,19 @@ class NonFiniteLoss(PllbenchError):
 
 def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epochs: int | None = None,
                        val_fraction: float = 0.0, compile: bool = False, bf16: bool = False) -> dict:
-    """The fully resolved config of one run. `bf16`: autocast the steps to bfloat16 on CUDA (protocols.md §4: an
-    option, off by default); `compile`: torch.compile the method's backbones (speed only)."""
-    cls = get_method(method)
-    cfg = dict(prep.preset)
-    if epochs is not None:
-        cfg["epochs"] = int(epochs)
-    hp = resolve_hparams(cls, prep.data.info.name, method_overrides(cfg, cls.name, cls.family), hp_cli)
-    return {"method": method, "hparams": hp, "views": list(cls.views), "seed": int(seed),
-            "dataset": prep.dataset_key, "preset": cfg, "val_fraction": float(val_fraction),
-            "compile": bool(compile), "bf16": bool(bf16),
-            "candidates": {"hash": prep.candidates.hash, "teacher": prep.teacher_hash,
-                           "mean_size": prep.candidates.report["size"]["mean"]}}
+    """The fully resolved config of one run on prepared data (RunConfig.resolve + its artifacts), as config.json
+    holds it. `hp_cli`: the --hp overrides (optimisation settings included); `bf16`: autocast the steps to
+    bfloat16 on CUDA (protocols.md §4: an option, off by default); `compile`: torch.compile the method's backbones
+    (speed only)."""
+    run = RunConfig.resolve(method, prep.dataset_key, prep.preset, seed, overrides=hp_cli, epochs=epochs,
+                            val_fraction=val_fraction, candidate_seed=int(prep.candidates.report["seed"]),
+                            bf16=bf16, compile=compile)
+    return run.with_artifacts(prep).to_json()
 
 
-def run_id(config: dict) -> str:
-    d = config["dataset"]["name"]
-    # `compile` only changes speed, so a run may resume with or without it; `bf16` changes the numbers, but fp32
-    # (the default) is left out of the hash so runs made before these options existed keep their ids.
-    identity = {k: v for k, v in config.items() if k != "compile" and not (k == "bf16" and not v)}
-    return f"{d}-{config['preset']['name']}/{config['method']}-s{config['seed']}-{key_hash(identity, 8)}"
+def run_id(config: RunConfig | dict) -> str:
+    """The run id of a config (a RunConfig, or config.json's content: the `environment` key is not part of it)."""
+    return RunConfig.of(config).run_id
 
 
 def environment(device: torch.device) -> dict:
@@ -142,6 +138,18 @@ def throughput_summary(curves: list[dict]) -> dict:
             "peak_mem_mb": max(r["peak_mem_mb"] for r in timed)}
 
 
+COLLAPSE_COSINE = 0.99  # a final mean pairwise cosine above this marks a collapsed projection (issue #13)
+
+
+def collapse_summary(curves: list[dict]) -> dict:
+    """final.json's projection record: the last epoch's diagnostics and the collapse flag (empty without a head)."""
+    last = curves[-1] if curves else {}
+    if "proj/mean_cos" not in last:
+        return {}
+    return {"projection": {"mean_cos": last["proj/mean_cos"], "eff_rank": last["proj/eff_rank"],
+                           "collapsed": last["proj/mean_cos"] > COLLAPSE_COSINE}}
+
+
 def compile_backbones(method: torch.nn.Module) -> None:
     """torch.compile each backbone's `feature_map` in place (forward and the CAM/CEL calls go through it):
     parameters, state_dict keys and the method's own code are untouched; the convolutions dominate every step.
@@ -156,7 +164,8 @@ def compile_backbones(method: torch.nn.Module) -> None:
 def make_batch(method, maker: ViewMaker, images, cands, idx, epoch: int, step: int, gen) -> Batch:
     """The views a method declared, drawn batched from the run's generator, plus its candidate rows."""
     batch_images = images[idx]
-    return Batch({v: maker(batch_images, v, gen) for v in method.views}, cands[idx], idx, epoch, step, gen)
+    views = ViewBatch(method.name, {v: maker(batch_images, v, gen) for v in method.views})
+    return Batch(views, cands[idx], idx, epoch, step, gen)
 
 
 def train_step(method, optimizer, batch: Batch, autocast) -> dict:
@@ -170,13 +179,61 @@ def train_step(method, optimizer, batch: Batch, autocast) -> dict:
     return losses
 
 
-def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device, progress: bool = True) -> dict:
-    """Train (or resume) one run into `run_dir`; returns final.json's content."""
+def _stderr_line(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run_header(config: dict, run_dir: Path, n_train: int, n_val: int, n_test: int, steps: int, device) -> str:
+    """The one line a run prints before training: preset, data sizes, epochs, device, results folder."""
+    cfg = config["preset"]
+    val = f" (+{n_val} validation)" if n_val else ""
+    return (f"{run_id(config)}: preset {cfg['name']}, {n_train} train{val} / {n_test} test images, {cfg['epochs']} "
+            f"epochs of {steps} steps (batch {cfg['batch_size']}), device {device}; results in {run_dir}")
+
+
+def wall_time_line(config: dict, device, seconds_per_step: float, probe: int, steps: int, epochs_left: int) -> str:
+    """The estimate printed after the first steps; on a CPU the paper preset also gets a warning naming `quick`."""
+    total = seconds_per_step * steps * epochs_left
+    line = (f"{run_id(config)}: estimated wall time {_duration(total)} ({epochs_left} epochs of {steps} steps at "
+            f"{seconds_per_step:.3f} s/step, measured over the first {probe} steps; evaluation not included)")
+    if config["preset"]["name"] == "paper" and torch.device(device).type == "cpu":
+        line = (f"warning: {line}; the paper preset is made for a GPU: on a CPU use the CPU preset "
+                f"(--preset quick, Fashion-MNIST) or pass --device cuda on a GPU machine")
+    return line
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """`epoch 3/15  test_acc 71.20%  loss 0.8123  12.3 s` (epochs counted from 1)."""
+    loss = record.get("loss/loss")
+    return (f"epoch {record['epoch'] + 1}/{epochs}  test_acc {100 * record['test_acc']:.2f}%  "
+            + (f"loss {loss:.4f}  " if loss is not None else "") + f"{record['seconds']:.1f} s")
+
+
+def write_config(run_dir: Path, run: RunConfig, device: torch.device) -> None:
+    """config.json: the run's JSON form plus the environment (not part of the run id)."""
+    atomic_write_json(Path(run_dir) / "config.json", {**run.to_json(), "environment": environment(device)})
+
+
+def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: torch.device, progress: bool = True,
+              echo=None, artifacts: ArtifactStore | None = None) -> dict:
+    """Train (or resume) one run into `run_dir`; returns final.json's content. `echo` takes the run's lines (the
+    header, the resume note, the wall-time estimate and, with `progress` and no TTY, one line per epoch);
+    `artifacts`: the artifact store the method may ask (default: the one holding the prepared candidates)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     final_path = run_dir / "final.json"
     if final_path.exists():
-        return json.loads(final_path.read_text())
-    atomic_write_json(run_dir / "config.json", {**config, "environment": environment(device)})
+        final, problem = verify_finished(run_dir)
+        if problem:
+            raise PllbenchError(problem)
+        return final
+    run = RunConfig.of(config)
+    config = run.to_json()
+    write_config(run_dir, run, device)
     cfg, seed, hp = config["preset"], config["seed"], config["hparams"]
     cuda = device.type == "cuda"
     if cuda:
@@ -184,7 +241,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
     else:
         torch.use_deterministic_algorithms(True)
     data, info = prep.data, prep.data.info
-    maker = ViewMaker(info, channels_last=True)  # NHWC convolutions, BN and pooling: faster on CPU and GPU
+    # NHWC convolutions, BN and pooling: faster on CPU and GPU
+    maker = run_view_maker(info, cfg, channels_last=True)
     train_images = data.train.images.to(device)
     test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
     cands = torch.from_numpy(prep.candidates.matrix).float().to(device)
@@ -199,11 +257,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
     steps = len(train_rows) // bs
     if steps == 0:
         raise PllbenchError(f"batch size {bs} exceeds the {len(train_rows)} training rows")
-    ctx = MethodContext(num_classes=info.num_classes, num_train=n, candidates=cands, backbone=cfg["backbone"],
-                        proj_dim=cfg["proj_dim"], epochs=cfg["epochs"], steps_per_epoch=steps, batch_size=bs,
-                        dataset=info.name, views=maker, train_images=train_images, device=device,
-                        cache_dir=prep.candidates.path.parent.parent, candidates_hash=prep.candidates.hash,
-                        preset=cfg["name"], candidate_seed=int(prep.candidates.report["seed"]))
+    store = artifacts if artifacts is not None else ArtifactStore.holding(prep.candidates.path)
+    ctx = MethodContext.for_run(run, info, cands, maker, train_images, device, store)
     torch.manual_seed(derive_seed("init", seed))
     method = get_method(config["method"])(ctx, hp).to(device)
     method.to(memory_format=torch.channels_last)  # as the views
@@ -224,11 +279,19 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         optimizer.load_state_dict(state["optimizer"])
         curves, start_epoch, selection = state["curves"], state["epoch"], state["selection"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bool(config.get("bf16")))
+    emit = echo or _stderr_line
+    emit(run_header(config, run_dir, len(train_rows), 0 if val_rows is None else len(val_rows), len(test_labels),
+                    steps, device))
+    if start_epoch:
+        emit(f"{run_id(config)}: resuming from epoch {start_epoch} ({start_epoch}/{cfg['epochs']} epochs done, "
+             f"from its checkpoint)")
+    probe = min(20, steps)  # steps timed for the wall-time estimate
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # without a terminal: one line per epoch instead
         from tqdm import tqdm
 
         bar = tqdm(total=(cfg["epochs"] - start_epoch) * steps, desc=run_id(config), leave=False, file=sys.stderr)
+        emit = functools.partial(tqdm.write, file=sys.stderr)  # above the bar
     rebuilt = bool(state and state.get("rebuilt_optimizer"))
     final_logits = None
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -240,7 +303,8 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         order = order.pin_memory().to(device, non_blocking=True) if cuda else order  # the only host data left
         if method.on_epoch_start(epoch):
             optimizer, rebuilt = make_optimizer(), True
-        lr = lr_at_epoch(cfg, epoch)
+        per_step = cfg.get("schedule", "epoch") == "step"
+        lr = lr_at(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         method.train()
@@ -250,6 +314,9 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
         loop_started = time.perf_counter()
         for s in range(steps):  # no host sync inside: metrics stay on the device until the epoch ends
             idx = order[s * bs:(s + 1) * bs]
+            if per_step:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, epoch, s, steps)
             batch = make_batch(method, maker, train_images, cands, idx, epoch, epoch * steps + s, gen)
             losses = train_step(method, optimizer, batch, autocast)
             finite = torch.isfinite(losses["loss"].detach())
@@ -259,6 +326,11 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
             size_sum += batch.candidates.sum() / len(idx)
             if bar is not None:
                 bar.update(1)
+            if epoch == start_epoch and s + 1 == probe:  # one host sync per run, for the estimate
+                if cuda:
+                    torch.cuda.synchronize(device)
+                emit(wall_time_line(config, device, (time.perf_counter() - loop_started) / probe, probe, steps,
+                                    cfg["epochs"] - start_epoch))
         if cuda:
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - loop_started
@@ -274,6 +346,11 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
             test_logits = predict_logits(method.predict, test_images, maker)
         record = {"epoch": epoch, "lr": lr, "test_acc": float(accuracy(test_logits, test_labels)),
                   "mean_size": float(size_sum) / steps, **{f"loss/{k}": v for k, v in values.items()}}
+        with torch.no_grad():  # eval mode: probing the head changes no state
+            has_projection = method.projections(maker(test_images[:2], "base", None)) is not None
+        if has_projection:  # a trained projection head: is it collapsing?
+            with autocast:
+                record.update(projection_diagnostics(method.projections, test_images, maker))
         if val_rows is not None:
             with autocast:
                 val_logits = predict_logits(method.predict, train_images[val_rows.to(device)], maker)
@@ -293,6 +370,12 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
                                                "optimizer": optimizer.state_dict(), "curves": curves,
                                                "selection": selection, "rebuilt_optimizer": rebuilt})
         _write_curves(run_dir, curves)  # after the checkpoint: never an epoch that no checkpoint holds
+        if bar is not None:
+            loss = record.get("loss/loss")
+            bar.set_postfix_str(f"test_acc {100 * record['test_acc']:.2f}%"
+                                + (f" loss {loss:.4f}" if loss is not None else ""))
+        elif progress:
+            emit(epoch_line(record, cfg["epochs"]))
     if bar is not None:
         bar.close()
     if final_logits is None:  # resumed after the last epoch's checkpoint but before final.json
@@ -302,15 +385,16 @@ def train_run(prep: Prepared, config: dict, run_dir: Path, device: torch.device,
     rows = [("final", cfg["epochs"] - 1, final_logits)]
     rows += [(f"select-{crit}", sel["epoch"], sel["logits"]) for crit, sel in selection.items()]
     _write_predictions(run_dir / "predictions.parquet", rows, data.test_index, test_labels)
-    final = {"run": run_id(config), "method": config["method"],
-             "label": get_method(config["method"]).run_label(hp), "dataset": info.name,
+    final = {"run": run.run_id, "method": config["method"], "label": run.base_label, "dataset": info.name,
              "preset": cfg["name"], "seed": seed, "test_acc": float(accuracy(final_logits, test_labels)),
              "epochs": cfg["epochs"], "seconds": round(sum(r["seconds"] for r in curves), 2),
              "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in selection.items()},
-             "candidates": config["candidates"]["hash"], "throughput": throughput_summary(curves)}
+             "candidates": config["candidates"]["hash"], "throughput": throughput_summary(curves),
+             "reference": get_method(config["method"]).reference, **collapse_summary(curves),
+             "teacher_test_acc": prep.candidates.report["teacher"]["test_acc"]}
     _write_curves(run_dir, curves)  # a resume after the last checkpoint may not have written it yet
     atomic_write_bytes(run_dir / "model.pt", _torch_bytes(method.state_dict()))
-    atomic_write_json(final_path, final)
+    write_finished(run_dir, final)  # manifest.json (every file's sha256), then final.json
     for old in run_dir.glob("checkpoint-*.pt"):
         old.unlink(missing_ok=True)
     (run_dir / "progress.json").unlink(missing_ok=True)

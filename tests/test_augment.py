@@ -24,12 +24,12 @@ from pllbench.augment import (
     ready_pipeline,
     shipped_prompts,
     tiny_pipeline,
-    tiny_tokenizer,
     weights_fingerprint,
 )
 from pllbench.cli import main as cli_main
 from pllbench.edits import edit_pairs
 from pllbench.errors import PllbenchError
+from pllbench.tiny_editor import tiny_tokenizer
 from pllbench.util import derive_seed
 
 SMALL = "synthetic:train=12"  # 12 instances, about 35 edits at the smoke rate

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pllbench.data import DatasetInfo
-from pllbench.losses import candidate_argmax
+from pllbench.losses import candidate_argmax, renormalize
 from pllbench.method import Batch, MethodContext
 from pllbench.methods.able import able_contrastive_loss, able_weights
 from pllbench.methods.cavl import cavl_update
@@ -313,22 +313,30 @@ def make_batch(ctx, index, step, views=("cls",), epoch=0):
     return Batch({v: ctx.views(images, v, gen) for v in views}, ctx.candidates[index], index, epoch, step, gen)
 
 
-def test_rc_bank_changes_only_at_the_epochs_last_step():
+def test_rc_bank_takes_the_post_step_outputs():
+    """RC's own update (its official `confidence_update`): after the optimiser step, a no-grad forward of the same
+    batch through the updated network gives the new rows, nS(softmax(z_after)); unvisited rows keep their value."""
     torch.manual_seed(0)
     ctx = tiny_context(steps_per_epoch=2)
     method = RC(ctx, {})
     before = method.bank.clone()
-    first = make_batch(ctx, torch.tensor([0, 1, 2, 3]), step=0)
-    method.training_step(first)
-    method.after_step(first)
-    assert torch.equal(method.bank, before)  # mid-epoch: only the pending copy moved
-    second = make_batch(ctx, torch.tensor([4, 5, 6, 7]), step=1)
-    method.training_step(second)
-    method.after_step(second)  # step 1 is the last of epoch 0 (2 steps per epoch): commit
-    visited = torch.arange(8)
-    assert not torch.equal(method.bank[visited], before[visited])
-    assert torch.equal(method.bank[8:], before[8:])  # rows drop_last skipped keep their value
-    assert torch.allclose(method.bank[visited].sum(dim=1), torch.ones(8))
+    batch = make_batch(ctx, torch.tensor([0, 1, 2, 3]), step=0)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.5)
+    loss = method.training_step(batch)["loss"]
+    pre_step = method._new_rows.clone()  # PRODEN's rows: the pre-step outputs
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    method.after_step(batch)
+    with torch.no_grad():
+        probe = RC(ctx, {})
+        probe.load_state_dict(method.state_dict())
+        expected = renormalize(torch.softmax(probe.net(batch.views["cls"]), dim=1), batch.candidates)
+    rows = torch.arange(4)
+    assert torch.allclose(method.bank[rows], expected, atol=1e-6)
+    assert not torch.allclose(method.bank[rows], pre_step, atol=1e-4)  # not PRODEN's pre-step rows
+    assert torch.equal(method.bank[4:], before[4:])
+    assert torch.allclose(method.bank[rows].sum(dim=1), torch.ones(4))
 
 
 def test_valen_stage_two_switch_graph_and_resume():

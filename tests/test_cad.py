@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import smoke_run
 
+from pllbench.artifacts import ArtifactStore
 from pllbench.cli import main as cli_main
 from pllbench.edits import build_edits, edits_key
 from pllbench.errors import PllbenchError
@@ -100,8 +101,8 @@ def _method_and_batch(name, cache, hp_overrides=None):
     maker = ViewMaker(prep.data.info)
     ctx = MethodContext(num_classes=4, num_train=len(cands), candidates=cands, backbone="cnn-xs", proj_dim=32,
                         epochs=2, steps_per_epoch=4, batch_size=16, dataset="synthetic", views=maker,
-                        train_images=prep.data.train.images, cache_dir=prep.candidates.path.parent.parent,
-                        candidates_hash=prep.candidates.hash, preset="smoke", candidate_seed=0)
+                        train_images=prep.data.train.images,
+                        artifacts=ArtifactStore(cache, prep.candidates.hash, {"preset": "smoke", "candidate_seed": 0}))
     method = cls(ctx, hp)
     gen = torch.Generator().manual_seed(0)
     idx = torch.arange(16)

@@ -78,7 +78,7 @@ class Honest(ClassifierMethod):
 class Peeking(ClassifierMethod):
     # reads the true labels through the data loader: the permutation test must catch it
     def training_step(self, batch):
-        data = load_data(self.ctx.dataset, self.ctx.preset)[1]
+        data = load_data(self.ctx.dataset, self.ctx.artifacts.origin["preset"])[1]
         labels = data.train.labels[batch.index.cpu()].to(batch.candidates.device)
         return {"loss": F.cross_entropy(self.net(batch.views["cls"]), labels)}
 """

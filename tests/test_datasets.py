@@ -93,7 +93,7 @@ def test_flowers_layout(tmp_path, monkeypatch):
     train, test = loader.load(tmp_path, False)
     assert train.images.shape == (2, 3, 256, 256) and train.labels.tolist() == [0, 1]
     assert test.labels.tolist() == [1, 101]
-    assert loader.teacher_split(tmp_path).labels.tolist() == [0, 1, 2, 0]
+    assert loader.teacher_split(tmp_path, train).labels.tolist() == [0, 1, 2, 0]  # train + val
     assert loader.info().input_size == 224 and len(loader.info().classes) == 102
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pllbench.artifacts import ArtifactStore
 from pllbench.edits import (
     EditStore,
     EditWriter,
@@ -112,8 +113,8 @@ def test_identity_is_the_rgb_centre_crop_and_matches_a_stored_identity_artifact(
 
 
 def _ctx(cache, candidates=CANDS, size=3):
-    return SimpleNamespace(cache_dir=cache, candidates_hash="cafe", dataset="synthetic", preset="smoke",
-                           candidate_seed=0, candidates=torch.from_numpy(candidates).float(),
+    store = ArtifactStore(cache, "cafe", {"dataset": "synthetic", "preset": "smoke", "candidate_seed": 0})
+    return SimpleNamespace(artifacts=store, dataset="synthetic", candidates=torch.from_numpy(candidates).float(),
                            views=SimpleNamespace(size=size), train_images=None)
 
 

@@ -66,7 +66,7 @@ ema = 0.9
 partition = "gpu"
 """)
     assert spec == {"methods": "dirk,proden", "datasets": ["synthetic:train=128,test=32", "fmnist"], "seeds": [0, 2],
-                    "epochs": 3, "hp": {None: {"tau": 0.1}, "dirk": {"ema": 0.9}}}
+                    "epochs": 3, "hp": {"*": {"tau": 0.1}, "dirk": {"ema": 0.9}}}
     assert launch == {"launcher": "ray", "gpus_per_job": 0.25, "slurm": {"partition": "gpu"}}
 
 
@@ -122,18 +122,20 @@ def test_failed_job_is_recorded_and_the_grid_goes_on(tmp_path, capsys, monkeypat
     err = captured.err.strip().splitlines()
     assert err[-1].startswith("error: synthetic-smoke/dirk-s0-") and "non-finite loss at epoch 0" in err[-1]
     assert sum(line.startswith("error") for line in err) == 1
-    assert "| proden | synthetic |" in captured.out and "failed: synthetic-smoke/dirk-s0-" in captured.out
+    assert "| proden | synthetic |" in captured.out and "failed" not in captured.out  # one line per failure:
+    assert sum("non-finite loss at epoch 0" in line for line in err) == 2  # the job's, then the summary
     dirk = next(runs.glob("*/dirk-*"))
     failed = json.loads((dirk / "failed.json").read_text())
     assert failed["type"] == "NonFiniteLoss" and failed["error"] == "non-finite loss at epoch 0 (loss)"
 
     assert main(["status", "--runs", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert "done 1 · running 0 · failed 1 · pending 0 · 2 jobs" in out and "non-finite loss" in out
+    assert "done 1 · running 0 · failed 1 · interrupted 0 · corrupt 0 · pending 0 · 2 jobs" in out
+    assert "non-finite loss" in out
     assert main(["status", "--runs", str(runs), "--methods", "dirk,proden", "--dataset", "synthetic", "--preset",
                  "smoke", "--epochs", "1", "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
-    assert "done 1 · running 0 · failed 1 · pending 2 · 4 jobs" in out and "ETA" in out
+    assert "done 1 · running 0 · failed 1 · interrupted 0 · corrupt 0 · pending 2 · 4 jobs" in out and "ETA" in out
 
     monkeypatch.setattr(trainer, "train_run", real)
     assert main(argv) == 0  # the rerun retries the failed job and skips the finished one
@@ -154,7 +156,8 @@ def test_grid_file_run_and_status(tmp_path, capsys):
     assert main(["run", "--grid", str(grid), "--runs", str(runs), "--no-progress"]) == 0
     assert main(["status", "--grid", str(grid), "--runs", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert "done 1 · running 0 · failed 0 · pending 0 · 1 jobs" in out and "samples/s" in out
+    assert "done 1 · running 0 · failed 0 · interrupted 0 · corrupt 0 · pending 0 · 1 jobs" in out
+    assert "samples/s" in out
     assert main(["status", "--grid", str(grid), "--seeds", "0,1", "--runs", str(runs)]) == 0  # options override
     assert "pending 1 · 2 jobs" in capsys.readouterr().out
 

@@ -8,10 +8,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pllbench.cli import main
-from pllbench.leaderboard import build_boards, entangle_values, paper_numbers, render
+from pllbench.errors import PllbenchError
+from pllbench.leaderboard import build_boards, entangle_values, paper_numbers, parse_comparisons, render
 from pllbench.method import get_method, resolve_hparams
 from pllbench.presets import method_overrides, resolve_preset
 from pllbench.util import atomic_write_json
@@ -74,12 +76,17 @@ def fabricated(tmp_path) -> Path:
 
 
 def test_golden_rendering(fabricated, tmp_path):
+    """The markdown and CSV are those of the hand-written renderer before the pandas/tabulate port (commit c86054b),
+    except one line: the goldens were regenerated once after the port for the provenance's new `- Time:` line (wall
+    time and compute seconds, issue #13). Regenerate with PLLBENCH_UPDATE_GOLDEN=1 only for a deliberate change."""
     (board,) = build_boards(fabricated)
-    markdown, _ = render(board, tmp_path / "out")
+    markdown, table = render(board, tmp_path / "out")
     if os.environ.get("PLLBENCH_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(markdown)
+        GOLDEN.with_suffix(".csv").write_text(table)
     assert markdown == GOLDEN.read_text()
+    assert table == GOLDEN.with_suffix(".csv").read_text()
 
 
 def test_cells_ranks_and_paper_rows(fabricated, tmp_path):
@@ -152,3 +159,167 @@ def test_a_cad_row_without_instructpix2pix_edits_says_why(tmp_path):
     markdown, _ = render(board, tmp_path / "out")
     (line,) = [row for row in markdown.splitlines() if row.startswith("| cad | pllbench")]
     assert "| seed 0: failed: no 'ip2p' edits for candidates c0; make them (seed 1, 2: failed) |" in line
+
+
+GOLDEN_MORE = Path(__file__).parent / "golden" / "leaderboard-more.md"
+
+
+def test_golden_rendering_of_more_states(tmp_path):
+    """Written before the pandas port, to check it changes nothing: a dataset with options, a run held by a live
+    process, a run with no epoch yet, tied rows, hparam / val / bf16 variants, a second commit and GPU hardware."""
+    from pllbench.runs import claim
+
+    root = tmp_path / "runs"
+    gpu = dict(ENV, gpu="NVIDIA H100", device="cuda")
+    for seed, acc in enumerate([0.50, 0.56]):
+        for method in ("proden", "rc"):
+            run_dir = fake_run(root, method, "synthetic", seed, acc, seconds=7200.0, env=gpu)
+            config = json.loads((run_dir / "config.json").read_text())
+            config["dataset"]["options"] = {"train": 384, "test": 32}
+            atomic_write_json(run_dir / "config.json", config)
+    variant = fake_run(root, "dirk", "fmnist", 0, 0.81)
+    config = json.loads((variant / "config.json").read_text())
+    config.update(val_fraction=0.1, bf16=True)
+    config["hparams"]["tau"] = 0.123
+    atomic_write_json(variant / "config.json", config)
+    fake_run(root, "dirk", "fmnist", 1, epochs_done=0)  # a folder with no epoch yet
+    fake_run(root, "dirk", "fmnist", 0, 0.80)
+    running = fake_run(root, "cc", "fmnist", 0, epochs_done=1)
+    with claim(running, job="j") as (mine, _):
+        assert mine
+        (board,) = build_boards(root)
+        markdown, table = render(board, None)
+    if os.environ.get("PLLBENCH_UPDATE_GOLDEN"):
+        GOLDEN_MORE.write_text(markdown)
+        GOLDEN_MORE.with_suffix(".csv").write_text(table)
+    assert markdown == GOLDEN_MORE.read_text()
+    assert table == GOLDEN_MORE.with_suffix(".csv").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue #13: references (oracle, teacher), gap to the oracle, collapse flags, stability, paired comparisons, wall time
+
+GOLDEN_REFERENCES = Path(__file__).parent / "golden" / "leaderboard-references.md"
+TEST_INDEX = 1000 + 2 * np.arange(200)  # the test rows (predictions.parquet `index`)
+START = 1_700_000_000.0
+
+
+def write_predictions(run_dir: Path, y_pred: np.ndarray, y_true: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(y_true)
+    pq.write_table(pa.table({"tag": ["final"] * n, "epoch": np.ones(n, np.int32), "index": TEST_INDEX,
+                             "y_true": y_true.astype(np.int32), "y_pred": y_pred.astype(np.int32)}),
+                   run_dir / "predictions.parquet")
+
+
+def enrich(run_dir: Path, accs: list[float], cos: float | None = None, start: float = 0.0, hours: float = 0.0,
+           final_extra: dict | None = None) -> None:
+    """Give a fabricated run per-epoch accuracies (and projection diagnostics), an attempts log and final fields."""
+    curves = [{"epoch": e, "seconds": 1.0, "test_acc": a} for e, a in enumerate(accs)]
+    if cos is not None:
+        curves[-1].update({"proj/mean_cos": cos, "proj/eff_rank": 1.0 if cos > 0.99 else 12.5})
+    (run_dir / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
+    (run_dir / "attempts.jsonl").write_text(
+        json.dumps({"event": "start", "time": START + start, "pid": 1, "host": "h"}) + "\n"
+        + json.dumps({"event": "done", "time": START + start + 3600 * hours, "pid": 1, "host": "h"}) + "\n")
+    if final_extra:
+        final = json.loads((run_dir / "final.json").read_text())
+        atomic_write_json(run_dir / "final.json", {**final, **final_extra})
+
+
+def entangled_artifact(cache: Path) -> str:
+    """A cached test-split artifact: top 10% = positions 60..99, top 1% = positions 60, 61, 80, 81."""
+    from pllbench.artifacts import load_or_build
+
+    def build(tmp: Path) -> dict:
+        np.save(tmp / "rows.npy", np.arange(60, 80))
+        np.save(tmp / "cols.npy", np.arange(80, 100))
+        np.save(tmp / "scores.npy", np.linspace(1, 0, 20))
+        np.save(tmp / "index.npy", TEST_INDEX)
+        (tmp / "summary.json").write_text(json.dumps({"top": {"10": {"pairs": 20}, "1": {"pairs": 2}}}))
+        return {}
+
+    path, _ = load_or_build(cache, "entangled", {"kind": "entangled", "test": "fabricated"}, build)
+    return path.name
+
+
+@pytest.fixture
+def reference_runs(tmp_path) -> Path:
+    """fmnist: cad-cam and dirk on seeds 0-4 (cad-cam right where dirk is wrong on 30% of the items), cad-cam-norl on
+    one seed, the oracle on two, every final.json with the teacher's accuracy; 2 cad-cam seeds collapsed."""
+    root, cache = tmp_path / "runs", tmp_path / "cache"
+    digest = entangled_artifact(cache)
+    y_true = np.arange(200) % 10
+    wrong = {"cad-cam": np.arange(0, 20), "dirk": np.r_[0:20, 60:80, 120:140, 160:180], "cad-cam-norl": np.arange(50),
+             "oracle": np.arange(4)}
+    for method, seeds in (("cad-cam", range(5)), ("dirk", range(5)), ("cad-cam-norl", [0]), ("oracle", [0, 1])):
+        for seed in seeds:
+            y_pred = y_true.copy()
+            y_pred[wrong[method]] = (y_true[wrong[method]] + 1) % 10
+            acc = float((y_pred == y_true).mean())
+            top = {p: {"subset_acc": float((y_pred == y_true)[TEST_INDEX.searchsorted(rows)].mean())}
+                   for p, rows in (("10", TEST_INDEX[60:100]), ("1", TEST_INDEX[[60, 61, 80, 81]]))}
+            entangle = {"center_distance": 1.0, "subsets": {"test/teacher": {"split": "test", "artifact": digest,
+                                                                             "top": top}}}
+            run_dir = fake_run(root, method, "fmnist", seed, acc, entangle=entangle if method != "oracle" else None)
+            write_predictions(run_dir, y_pred, y_true)
+            jitter = [0.0, 0.004, -0.004, 0.002, 0.0][seed]
+            cos = (0.999 if seed < 2 else 0.40) if method.startswith("cad") else None
+            enrich(run_dir, [acc - 0.05, acc + jitter, acc - jitter, acc + jitter, acc], cos=cos, start=600 * seed,
+                   hours=0.5, final_extra={"teacher_test_acc": 0.859, **({"reference": True} if method == "oracle"
+                                                                         else {})})
+    fake_run(root, "oracle", "fmnist", 2, failed="non-finite loss at epoch 1 (loss)")
+    return root
+
+
+def test_references_collapse_stability_comparisons_and_wall_time(reference_runs, tmp_path):
+    (board,) = build_boards(reference_runs)
+    assert board.references == ["oracle"] and "oracle" not in board.ranked
+    markdown, table = render(board, None, cache=tmp_path / "cache")
+    if os.environ.get("PLLBENCH_UPDATE_GOLDEN"):
+        GOLDEN_REFERENCES.write_text(markdown)
+    assert markdown == GOLDEN_REFERENCES.read_text()
+    main_table, rest = markdown.split("## References")
+    assert "| oracle |" not in main_table  # never ranked
+    assert "| method | source | fmnist | avg rank | gap to oracle | last-5 std | device-h |" in main_table
+    cad_cam = next(line for line in main_table.splitlines() if line.startswith("| cad-cam | pllbench"))
+    assert "**90.00 ± 0.00** (n=5) †collapsed 2/5 |" in cad_cam and "| -8.00 |" in cad_cam  # oracle: 98.00
+    assert "†collapsed: the run's projection collapsed" in main_table
+    assert "| oracle | pllbench | 98.00 ± 0.00 (n=2; 1 failed) |" in rest
+    assert "| teacher | candidates | 85.90 (13 runs) | — |" in rest
+    assert "- Time: wall **1 h 10 min**" in markdown  # start at +0 s, last finish at 2400 s + 30 min
+    comparisons = markdown.split("## vs reference method")[1]
+    assert "| cad-cam vs dirk | fmnist | all | 200 | +30.00 |" in comparisons
+    assert "| cad-cam vs dirk | fmnist | top 10% | 40 | +50.00 |" in comparisons
+    assert "| cad-cam vs dirk | fmnist | top 1% | 4 | +50.00 |" in comparisons
+    row = next(line for line in comparisons.splitlines() if "| all | 200 | +30.00 |" in line)
+    assert row.endswith("| 0.0001 | 0.0625 | 5 |")  # bootstrap p floored at 1/10,000; exact sign-flip p 2/2^5
+    assert "| cad-cam vs cad-cam-norl | fmnist | all | — | fewer than 2 shared seeds (n=1) |" in comparisons
+    records = list(csv.DictReader(io.StringIO(table)))
+    delta = next(r for r in records if r["table"] == "comparison" and r["metric"] == "delta_top_10")
+    assert (float(delta["mean"]), delta["n"], delta["seeds"], delta["note"]) == (50.0, "5", "0,1,2,3,4", "test/teacher")
+    assert any(r["table"] == "reference" and r["row"] == "teacher" and float(r["mean"]) == pytest.approx(85.9)
+               for r in records)
+    gap = next(r for r in records if r["metric"] == "gap_to_oracle" and r["row"] == "dirk")
+    assert float(gap["mean"]) == pytest.approx(60 - 98)
+
+
+def test_subset_comparisons_say_why_they_are_missing(reference_runs, tmp_path):
+    markdown, _ = render(build_boards(reference_runs)[0], None, cache=tmp_path / "another-cache")
+    comparisons = markdown.split("## vs reference method")[1]
+    assert "| cad-cam vs dirk | fmnist | all | 200 | +30.00 |" in comparisons and "top 10%" not in comparisons
+    assert "is not in the cache" in comparisons and "not the subset's items" in comparisons
+    for path in reference_runs.glob("*/*/entangle.json"):
+        path.unlink()
+    markdown, _ = render(build_boards(reference_runs)[0], None, comparisons=[("dirk", "oracle")],
+                         cache=tmp_path / "cache")
+    assert "| dirk vs oracle | fmnist | all | 200 | -38.00 |" in markdown and "no entangle.json" in markdown
+    assert "cad-cam vs" not in markdown
+
+
+def test_parse_comparisons():
+    assert parse_comparisons("cad-cam:dirk, a:b") == [("cad-cam", "dirk"), ("a", "b")]
+    with pytest.raises(PllbenchError, match="ROW:REFERENCE"):
+        parse_comparisons("cad-cam")

@@ -14,7 +14,7 @@ import math
 import pytest
 from conftest import smoke_run
 
-from pllbench import presets
+from pllbench.data import dataset_class
 from pllbench.method import get_method, method_names
 
 DATASETS = {  # name: (synthetic spec, the dataset whose candidate rate applies, 224-px input)
@@ -51,7 +51,7 @@ def every_stage_overrides(method: str) -> dict:
 @pytest.mark.parametrize("method,shape", list(cases()))
 def test_one_epoch_on_dataset_shape(method, shape, smoke_cache, tmp_path, monkeypatch):
     spec, like, _ = DATASETS[shape]
-    monkeypatch.setitem(presets.RATES, "synthetic", presets.RATES[like])
+    monkeypatch.setattr(dataset_class("synthetic"), "rate", dataset_class(like).rate)
     final, run_dir, _ = smoke_run(method, smoke_cache, tmp_path / "runs", hp=every_stage_overrides(method),
                                   dataset=spec, epochs=1)
     assert 0.0 <= final["test_acc"] <= 1.0

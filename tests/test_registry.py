@@ -46,4 +46,4 @@ def test_hparam_resolution_order():
 
 def test_parse_hp_values():
     parsed = parse_hp_overrides(["a=1", "b=0.5", "c=true", "m.d=hello", "e=[1, 2]"])
-    assert parsed == {None: {"a": 1, "b": 0.5, "c": True, "e": [1, 2]}, "m": {"d": "hello"}}
+    assert parsed == {"*": {"a": 1, "b": 0.5, "c": True, "e": [1, 2]}, "m": {"d": "hello"}}

@@ -1,4 +1,5 @@
-"""`pllbench entangle`: build (or reuse) the entangled subsets of a split and score every finished run on them.
+"""Scoring finished runs on the entangled subsets of a split (the `pllbench entangle` command, in
+pllbench/cli/entangle.py, builds the subsets and calls this module).
 
 Per run it writes `entangle.json` into the run folder (atomically, merged with earlier analyses):
 
@@ -10,8 +11,6 @@ Per run it writes `entangle.json` into the run folder (atomically, merged with e
 
 subset_acc comes from the final-epoch predictions; `selected` holds the selected epochs' (select-cr/-aa) when the
 run has them. On the train split there are no per-instance predictions, so `subset_acc` is absent there.
-
-The command keeps no import of pllbench.cli at module level (cli.py imports this module to register it).
 """
 
 from __future__ import annotations
@@ -19,31 +18,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 
-from .cli_options import common_data_options
 from .entangle import (
-    DEFAULT_BLOCK,
-    DEFAULT_THRESHOLDS,
-    DEFAULT_TOP,
     Subsets,
     center_distance,
-    get_subsets,
     load_run_method,
-    make_extractor,
     method_features,
-    parse_thresholds,
-    parse_top,
     run_candidates,
     sharing_all_pairs,
     sharing_flags,
     subset_accuracy,
-    teacher_extractor,
 )
 from .errors import PllbenchError
-from .runs import inside_root
+from .runs import inside_root, verify_finished
 from .util import atomic_write_json
 
 
@@ -91,7 +80,7 @@ def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[Path]:
     return [path for *_, path in sorted(out)]
 
 
-def _analysis_key(split: str, extractor_name: str) -> str:
+def analysis_key(split: str, extractor_name: str) -> str:
     return f"{split}/{extractor_name}"
 
 
@@ -147,7 +136,7 @@ def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, 
     record.update({"run": final["run"], "method": config["method"], "seed": config["seed"],
                    "dataset": config["dataset"]["name"], "preset": config["preset"]["name"],
                    "overall_acc": float((y_final == test_labels).mean()), "center_distance": cd})
-    record.setdefault("subsets", {})[_analysis_key(split, subsets.summary["extractor"])] = entry
+    record.setdefault("subsets", {})[analysis_key(split, subsets.summary["extractor"])] = entry
     atomic_write_json(path, record)
     return record, extras
 
@@ -178,7 +167,7 @@ def render_report(subsets: Subsets, records: list[dict], split: str, dataset: st
     if not records:
         lines.append("no finished runs of this dataset and preset")
         return "\n".join(lines)
-    key = _analysis_key(split, extractor_name)
+    key = analysis_key(split, extractor_name)
     if split == "test":
         head = ["run", "method", "seed", "acc (%)"] + [f"acc@{label}% (%)" for label in labels] + ["CD"]
     else:
@@ -212,7 +201,7 @@ def write_plots(folder: Path, subsets: Subsets, records: list[dict], extras: lis
     highlight = subsets.instances(labels[0]) if split == "test" else None
     highlight_label = f"top {labels[0]}% entangled" if split == "test" else ""
     if split == "test" and records:
-        key = _analysis_key(split, extractor.name)
+        key = analysis_key(split, extractor.name)
         rows = [{"method": r["method"], "overall_acc": r["overall_acc"],
                  "subset_acc": {label: r["subsets"][key]["top"][label]["subset_acc"] for label in labels}}
                 for r in records]
@@ -243,67 +232,30 @@ def write_plots(folder: Path, subsets: Subsets, records: list[dict], extras: lis
     return written
 
 
+def score_runs(root: Path, dataset_key: dict, preset: str, subsets: Subsets, split: str, data, extractor, cache: Path,
+               device: torch.device, data_root, warn) -> tuple[list[dict], list[dict], list[Path]]:
+    """Score every finished run of this dataset and preset: (records, plot extras, run folders not scored).
 
-
-@click.command("entangle")
-@click.option("--dataset", required=True)
-@click.option("--preset", default="quick", show_default=True)
-@click.option("--top", default=DEFAULT_TOP, show_default=True, help="Percentages p of the cross-class pairs.")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
-              help="train gives the candidate-sharing rates.")
-@click.option("--extractor", default="teacher", show_default=True,
-              help="teacher, timm:NAME[@WEIGHTS_FILE] or ckpt:RUN_DIR.")
-@click.option("--threshold", "thresholds", default=DEFAULT_THRESHOLDS, show_default=True,
-              help="Cosines τ for the counts n(τ) = #{s > τ} (comma-separated).")
-@click.option("--runs", "runs_dir", default=None, help="Results root (else $PLLBENCH_RUNS, ./runs).")
-@click.option("--plots", "plots_dir", default=None, help="Write PNG plots into this folder.")
-@click.option("--tsne-points", default=1500, show_default=True, type=click.IntRange(min=0),
-              help="Points per t-SNE plot (one per method and one of the extractor); 0 skips t-SNE.")
-@click.option("--float64", "use_float64", is_flag=True, help="Score the pairs in float64 (default float32).")
-@click.option("--block", default=DEFAULT_BLOCK, show_default=True, type=click.IntRange(min=1),
-              help="Row and column block size of the pair search.")
-@common_data_options
-def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots_dir, tsne_points, use_float64, block,
-             data_root, download, cache_dir, device):
-    """Entangled subsets (top p% most similar cross-class pairs) and every finished run's accuracy on them."""
-    from .cli import _device, runs_root
-    from .prepare import load_data
-    from .presets import resolve_preset
-    from .util import cache_root
-
-    top_list = parse_top(top)
-    tau_list = parse_thresholds(thresholds)
-    info, data, teacher_train, dataset_key = load_data(dataset, preset, data_root, download)
-    root, dev, cache = runs_root(runs_dir), _device(device), cache_root(cache_dir)
-    cfg = resolve_preset(preset, info.name)
-
-    def warn(msg):
-        click.echo(msg, err=True)
-
-    chosen = make_extractor(extractor, cache=cache, device=dev, data_root=data_root,
-                            teacher=lambda: teacher_extractor(cache, dataset_key, teacher_train, info, cfg, dev, warn))
-    if chosen.identity.get("dataset", dataset_key) != dataset_key:
-        raise PllbenchError(f"extractor {chosen.name} was trained on {chosen.identity['dataset']['name']}, "
-                            f"not on {dataset}")
-    part = data.test if split == "test" else data.train
-    index = np.asarray(data.test_index if split == "test" else data.train_index)
-    subsets = get_subsets(cache, dataset_key, split, index, part.labels, part.images, chosen, top_list, tau_list,
-                          device=dev, dtype=torch.float64 if use_float64 else torch.float32, block=block, echo=warn)
-    records, extras = [], []
+    A run that cannot be scored (a file off its manifest, predictions of other rows, ...) gets one warning line and
+    loses its old entangle.json, which no longer describes what is on disk."""
+    records, extras, unscored = [], [], []
     for run_dir in finished_runs(root, dataset_key, preset):
-        if chosen.name == "teacher":
-            config = json.loads((run_dir / "config.json").read_text())
-            if config["candidates"]["teacher"] != chosen.identity["teacher_key"]:
-                warn(f"{run_dir.name}: its candidates came from another teacher than the one ranking the pairs")
+        _, problem = verify_finished(run_dir)  # every file against its manifest (predictions, model, ...)
         try:
-            record, extra = analyse_run(run_dir, subsets, split, data, cache, dev, data_root, warn)
+            if problem:
+                raise PllbenchError(problem)
+            if extractor.name == "teacher":
+                config = json.loads((run_dir / "config.json").read_text())
+                if config["candidates"]["teacher"] != extractor.identity["teacher_key"]:
+                    warn(f"{run_dir.name}: its candidates came from another teacher than the one ranking the pairs")
+            record, extra = analyse_run(run_dir, subsets, split, data, cache, device, data_root, warn)
         except PllbenchError as exc:
-            warn(f"skipping {run_dir}: {exc}")
+            stale = (run_dir / "entangle.json").is_file()
+            (run_dir / "entangle.json").unlink(missing_ok=True)
+            message = problem or f"cannot score {run_dir}: {exc}; delete {run_dir} to rerun it"
+            warn(f"{message}" + (" (its old entangle.json was removed)" if stale else ""))
+            unscored.append(run_dir)
             continue
         records.append(record)
         extras.append(extra)
-    click.echo(render_report(subsets, records, split, dataset, info.classes, chosen.name))
-    if plots_dir:
-        written = write_plots(Path(plots_dir), subsets, records, extras, split, chosen, data,
-                              f"{info.name}-{preset}", warn, tsne_points)
-        click.echo(f"\nplots: {', '.join(str(p) for p in written)}")
+    return records, extras, unscored

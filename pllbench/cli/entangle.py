@@ -1,0 +1,70 @@
+"""`pllbench entangle`: build (or reuse) the entangled subsets of a split and score every finished run on them
+(pllbench.entangle finds the pairs, pllbench.entangle_report scores the runs; this module holds only the command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..entangle import DEFAULT_BLOCK, DEFAULT_THRESHOLDS, DEFAULT_TOP
+from ..errors import PllbenchError
+from .common import DEFAULT_PRESET, common_data_options, echo_err, parse_device, runs_option, runs_root
+
+
+@click.command("entangle")
+@click.option("--dataset", required=True)
+@click.option("--preset", default=DEFAULT_PRESET, show_default=True)
+@click.option("--top", default=DEFAULT_TOP, show_default=True, help="Percentages p of the cross-class pairs.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="train gives the candidate-sharing rates.")
+@click.option("--extractor", default="teacher", show_default=True,
+              help="teacher, timm:NAME[@WEIGHTS_FILE] or ckpt:RUN_DIR.")
+@click.option("--threshold", "thresholds", default=DEFAULT_THRESHOLDS, show_default=True,
+              help="Cosines τ for the counts n(τ) = #{s > τ} (comma-separated).")
+@runs_option
+@click.option("--plots", "plots_dir", default=None, help="Write PNG plots into this folder.")
+@click.option("--tsne-points", default=1500, show_default=True, type=click.IntRange(min=0),
+              help="Points per t-SNE plot (one per method and one of the extractor); 0 skips t-SNE.")
+@click.option("--float64", "use_float64", is_flag=True, help="Score the pairs in float64 (default float32).")
+@click.option("--block", default=DEFAULT_BLOCK, show_default=True, type=click.IntRange(min=1),
+              help="Row and column block size of the pair search.")
+@common_data_options
+def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots_dir, tsne_points, use_float64, block,
+             data_root, download, cache_dir, device):
+    """Entangled subsets (top p% most similar cross-class pairs) and every finished run's accuracy on them."""
+    import numpy as np
+    import torch
+
+    from ..entangle import get_subsets, make_extractor, parse_thresholds, parse_top, teacher_extractor
+    from ..entangle_report import render_report, score_runs, write_plots
+    from ..prepare import load_data
+    from ..presets import resolve_preset
+    from ..util import cache_root
+
+    top_list = parse_top(top)
+    tau_list = parse_thresholds(thresholds)
+    info, data, teacher_train, dataset_key = load_data(dataset, preset, data_root, download)
+    root, dev, cache = runs_root(runs_dir), parse_device(device), cache_root(cache_dir)
+    cfg = resolve_preset(preset, info.name)
+    chosen = make_extractor(extractor, cache=cache, device=dev, data_root=data_root,
+                            teacher=lambda: teacher_extractor(cache, dataset_key, teacher_train, info, cfg, dev,
+                                                              echo_err))
+    if chosen.identity.get("dataset", dataset_key) != dataset_key:
+        raise PllbenchError(f"extractor {chosen.name} was trained on {chosen.identity['dataset']['name']}, "
+                            f"not on {dataset}")
+    part = data.test if split == "test" else data.train
+    index = np.asarray(data.test_index if split == "test" else data.train_index)
+    subsets = get_subsets(cache, dataset_key, split, index, part.labels, part.images, chosen, top_list, tau_list,
+                          device=dev, dtype=torch.float64 if use_float64 else torch.float32, block=block,
+                          echo=echo_err)
+    records, extras, unscored = score_runs(root, dataset_key, preset, subsets, split, data, chosen, cache, dev,
+                                           data_root, echo_err)
+    click.echo(render_report(subsets, records, split, dataset, info.classes, chosen.name))
+    if plots_dir:
+        written = write_plots(Path(plots_dir), subsets, records, extras, split, chosen, data,
+                              f"{info.name}-{preset}", echo_err, tsne_points)
+        click.echo(f"\nplots: {', '.join(str(p) for p in written)}")
+    if unscored:
+        raise PllbenchError(f"{len(unscored)} finished run(s) could not be scored (see above: their entangle.json "
+                            f"are removed); delete those run folders and rerun them")
