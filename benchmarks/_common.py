@@ -105,7 +105,7 @@ def context(data: BenchData, maker: ViewMaker, device: torch.device, steps_per_e
     cfg = data.preset
     return MethodContext(data.info.num_classes, len(data.candidates), data.candidates.to(device), cfg["backbone"],
                          cfg["proj_dim"], cfg["epochs"], steps_per_epoch, cfg["batch_size"], data.info.name, maker,
-                         data.train.images.to(device), device, preset=cfg["name"])
+                         data.train.images.to(device), device)
 
 
 def bench_epoch(method: Method, epochs: int) -> int:

@@ -33,7 +33,7 @@ from pllbench.util import cache_root
 OLD_QUICK = {
     "description": "quick as of 2026-11-26", "epochs": 15, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
     "eta_min": 0.05e-3, "proj_dim": 64, "backbone": "cnn-s", "batch_size": 128, "train_per_class": 400,
-    "test_per_class": 200, "cls_cutout": 16, "schedule": "epoch", "gray_input": False}
+    "test_per_class": 200, "cls_cutout": 16, "schedule": "epoch"}
 NO_CUTOUT = {"cls_cutout": 0, "schedule": "step", "test_per_class": None}
 SETTINGS: dict[str, dict] = {
     # the quick preset as of 2026-11-26 (4k/2k, 16-px cls cutout, per-epoch cosine)
@@ -54,8 +54,7 @@ SETTINGS: dict[str, dict] = {
     "d60k": {"train_per_class": None, "backbone": "cnn-m2", "epochs": 8, **NO_CUTOUT},
     "d30k-e10": {"train_per_class": 3000, "backbone": "cnn-m2", "epochs": 10, **NO_CUTOUT},
     "d60k-e5": {"train_per_class": None, "backbone": "cnn-m2", "epochs": 5, **NO_CUTOUT},
-    "d20k-gray": {"train_per_class": 2000, "backbone": "cnn-m2", "gray_input": True, **NO_CUTOUT},  # = quick
-    "demo": {"train_per_class": 1000, "backbone": "cnn-m2", "epochs": 10, "gray_input": True, **NO_CUTOUT},
+    "demo": {"train_per_class": 1000, "backbone": "cnn-m2", "epochs": 10, **NO_CUTOUT},
     "d20k-e10": {"train_per_class": 2000, "backbone": "cnn-m2", "epochs": 10, **NO_CUTOUT},
     "s2-30k-e10": {"train_per_class": 3000, "backbone": "cnn-s2", "epochs": 10, **NO_CUTOUT},
 }

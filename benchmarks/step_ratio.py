@@ -20,7 +20,7 @@ from pllbench.method import Method, MethodContext, get_method, parse_hp_override
 from pllbench.prepare import prepare
 from pllbench.trainer import make_batch, resolve_run_config, train_step
 from pllbench.util import cache_root
-from pllbench.views import ViewMaker
+from pllbench.views import run_view_maker
 
 
 def measure(method: Method, prep, maker, device, steps: int, warmup: int = 3):
@@ -60,8 +60,8 @@ def main():
     device = torch.device(args.device)
     dataset = args.dataset or ("synthetic" if args.preset == "smoke" else "fmnist")
     prep = prepare(dataset, args.preset, 0, cache=cache_root(), device=device)
-    maker = ViewMaker(prep.data.info)
     cfg = prep.preset
+    maker = run_view_maker(prep.data.info, cfg, channels_last=True)  # the trainer's views and memory format
 
     def context():
         return MethodContext(prep.data.info.num_classes, len(prep.candidates.matrix),
@@ -70,7 +70,8 @@ def main():
                              prep.data.train.images.to(device), device)
 
     torch.manual_seed(0)
-    base_time, base_units = measure(PlainCE(context(), {}).to(device), prep, maker, device, args.steps)
+    base_time, base_units = measure(PlainCE(context(), {}).to(device, memory_format=torch.channels_last), prep, maker,
+                                    device, args.steps)
     lines = [f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
              f"{torch.get_num_threads()} threads); dataset {dataset}, preset {args.preset}, batch {cfg['batch_size']}, "
              f"backbone {cfg['backbone']}; median of {args.steps} steps",
@@ -79,7 +80,7 @@ def main():
     for name in args.methods.split(","):
         config = resolve_run_config(prep, name, 0, parse_hp_overrides([]))
         torch.manual_seed(0)
-        method = get_method(name)(context(), config["hparams"]).to(device)
+        method = get_method(name)(context(), config["hparams"]).to(device, memory_format=torch.channels_last)
         step_time, units = measure(method, prep, maker, device, args.steps)
         ratio, pass_ratio = step_time / base_time, units / base_units
         lines.append(f"| {name} | {1000 * step_time:.1f} | {ratio:.2f} | {pass_ratio:.2f} | {ratio / pass_ratio:.2f} |")

@@ -39,7 +39,7 @@ from PIL import Image
 from pllbench.method import Batch, get_method, method_names
 from pllbench.trainer import compile_backbones, make_batch, train_step
 from pllbench.util import cache_root
-from pllbench.views import ViewMaker
+from pllbench.views import ViewMaker, run_view_maker
 
 # ------------------------------------------------------------------------------------------ the reference pipeline
 
@@ -108,9 +108,13 @@ class ReferenceDataset(torch.utils.data.Dataset):
 class Pipeline:
     """One method trained by one pipeline; `step()` runs one optimisation step."""
 
-    def __init__(self, name, data, device, *, bf16=False, compile=False, channels_last=False, method_cls=None):
+    def __init__(self, name, data, device, *, bf16=False, compile=False, channels_last=False, method_cls=None,
+                 preset_views=False):
         self.device, self.bs = device, data.preset["batch_size"]
-        self.maker = ViewMaker(data.info, channels_last=channels_last)
+        # ours: the preset's own views (cutout, one-channel input), as the trainer; the reference: RGB, as the
+        # official code feeds its networks
+        self.maker = (run_view_maker(data.info, data.preset, channels_last) if preset_views
+                      else ViewMaker(data.info, channels_last=channels_last))
         torch.manual_seed(0)
         cls = method_cls or get_method(name)
         self.method = cls(context(data, self.maker, device), {} if method_cls else method_hparams(name, data))
@@ -138,7 +142,7 @@ class Pipeline:
 
 class Ours(Pipeline):
     def __init__(self, name, data, device, **kw):
-        super().__init__(name, data, device, channels_last=True, **kw)
+        super().__init__(name, data, device, channels_last=True, preset_views=True, **kw)
         self.images = data.train.images.to(device)
         self.cands = data.candidates.to(device)
         self.order = torch.empty(0, dtype=torch.long, device=device)

@@ -121,7 +121,7 @@ class CEL(Method):
         super().__init__(ctx, hp)
         if hp["dim"] % hp["heads"]:
             raise PllbenchError(f"cel: dim {hp['dim']} is not divisible by heads {hp['heads']}")
-        self.backbone = build_backbone(ctx.backbone, ctx.views.channels)
+        self.backbone = build_backbone(ctx.backbone)
         self.decoder = ClassWiseDecoder(self.backbone.out_dim, ctx.num_classes, hp["dim"], hp["heads"], hp["ffn"],
                                         hp["dropout"])
         self.warmup = hp["warmup_epochs"] if hp["warmup_epochs"] >= 0 else ctx.epochs // 2

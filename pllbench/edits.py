@@ -190,9 +190,8 @@ class EditStore:
 class IdentityEdits:
     """Editor `identity`: E_{i,s} = the base image (RGB at the model input size), made on the fly."""
 
-    def __init__(self, images: torch.Tensor, size: int, channels: int = 3):
-        """`channels`: the networks' input channels (1 keeps a gray dataset's images as they are)."""
-        base = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 and channels == 3 else images
+    def __init__(self, images: torch.Tensor, size: int):
+        base = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         self.base = center_crop(base, size) if base.shape[-1] != size else base
 
     def gather(self, index: torch.Tensor, cands: torch.Tensor):
@@ -221,7 +220,7 @@ def open_edits(ctx, editor: str, pin: str = "") -> EditStore | IdentityEdits:
     """The edit source of a run: `identity` on the fly, else the stored artifact for the run's candidates, found
     through the run's artifact store (`ctx.artifacts`)."""
     if editor == "identity":
-        return IdentityEdits(ctx.train_images, ctx.views.size, ctx.views.channels)
+        return IdentityEdits(ctx.train_images, ctx.views.size)
     store = ctx.artifacts
     path = find_edits(store, store.candidates, editor, pin) if store is not None and store.candidates else None
     if path is None:

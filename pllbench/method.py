@@ -87,10 +87,10 @@ class MethodContext:
                    device=device, artifacts=artifacts.for_run(run) if artifacts is not None else None)
 
     def classifier(self) -> Classifier:
-        return Classifier(build_backbone(self.backbone, self.views.channels), self.num_classes)
+        return Classifier(build_backbone(self.backbone), self.num_classes)
 
     def supcon_net(self) -> SupConNet:
-        return SupConNet(build_backbone(self.backbone, self.views.channels), self.num_classes, self.proj_dim)
+        return SupConNet(build_backbone(self.backbone), self.num_classes, self.proj_dim)
 
 
 class Method(nn.Module):

@@ -153,22 +153,22 @@ class TorchvisionWRN50(nn.Module):
         return self.feature_map(x).mean(dim=(2, 3))
 
 
-BACKBONES = {  # name → builder(in_channels)
-    "cnn-xs": lambda c: SmallCNN((8, 16, 32), c),
-    "cnn-s": lambda c: SmallCNN((16, 32, 64), c),
-    "cnn-m": lambda c: SmallCNN((32, 64, 128), c),
-    "cnn-s2": lambda c: SmallCNN((16, 32, 64), c, convs_per_stage=2),
-    "cnn-m2": lambda c: SmallCNN((32, 64, 128), c, convs_per_stage=2),
-    "resnet18c": lambda c: CifarResNet((2, 2, 2, 2), c),
-    "resnet34c": lambda c: CifarResNet((3, 4, 6, 3), c),
-    "mlp": lambda c: MLPTeacher(),  # reads the first channel
-    "wrn28-10": lambda c: WideResNet(28, 10, 0.3, c),
-    "wrn50-2": lambda c: TorchvisionWRN50(),  # ImageNet stem: three channels
+BACKBONES = {
+    "cnn-xs": lambda: SmallCNN((8, 16, 32)),
+    "cnn-s": lambda: SmallCNN((16, 32, 64)),
+    "cnn-m": lambda: SmallCNN((32, 64, 128)),
+    "cnn-s2": lambda: SmallCNN((16, 32, 64), convs_per_stage=2),
+    "cnn-m2": lambda: SmallCNN((32, 64, 128), convs_per_stage=2),
+    "resnet18c": lambda: CifarResNet((2, 2, 2, 2)),
+    "resnet34c": lambda: CifarResNet((3, 4, 6, 3)),
+    "mlp": MLPTeacher,
+    "wrn28-10": lambda: WideResNet(28, 10, 0.3),
+    "wrn50-2": TorchvisionWRN50,
 }
 
 
-def build_backbone(name: str, in_channels: int = 3) -> nn.Module:
-    return BACKBONES[name](in_channels)
+def build_backbone(name: str) -> nn.Module:
+    return BACKBONES[name]()
 
 
 class Classifier(nn.Module):

@@ -31,11 +31,11 @@ PRESETS = {
     # Calibrated by measurement (docs/calibration.md, benchmarks/calibrate.py): the 4k subset, cnn-s and the 16-px
     # cutout of the first quick preset could not disambiguate ID candidates (PRODEN 34 %, oracle 68 %).
     "quick": {
-        "description": "2 CPU cores: Fashion-MNIST 20k train / full 10k test, cnn-m2 on one-channel views, no "
-                       "cutout, per-step cosine, 15 epochs, batch 128",
+        "description": "2 CPU cores: Fashion-MNIST 20k train / full 10k test, cnn-m2, no cutout, per-step cosine, "
+                       "15 epochs, batch 128",
         "epochs": 15, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "eta_min": 0.05e-3, "proj_dim": 64,
         "backbone": "cnn-m2", "batch_size": 128, "train_per_class": 2000, "test_per_class": None,
-        "cls_cutout": 0, "schedule": "step", "gray_input": True,
+        "cls_cutout": 0, "schedule": "step",
         # shared by every method that declares the key; a method's own overrides are in its file (preset_hparams)
         "method_hparams": {"*": {"queue_size": 2048}},
         "method_preset": "quick",  # presets copied from this dict (benchmarks/calibrate.py) keep quick's overrides

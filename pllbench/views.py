@@ -438,18 +438,14 @@ class ViewMaker:
     """Turns uint8 image batches into the named, normalised float views of a dataset's family
     (`recipe`: the ViewFamily that `info.view_family` names, pllbench/view_families.py)."""
 
-    def __init__(self, info: DatasetInfo, channels_last: bool = False, cutout: int | None = None,
-                 gray_input: bool = False):
-        """`cutout`: the cls view's erase side in pixels (0: no erase); None keeps the family's default.
-        `gray_input`: a one-channel dataset's views stay one channel (the networks then take one input channel);
-        otherwise gray is replicated to three channels, as the official codes feed their ResNets."""
+    def __init__(self, info: DatasetInfo, channels_last: bool = False, cutout: int | None = None):
+        """`cutout`: the cls view's erase side in pixels (0: no erase); None keeps the family's default."""
         self.info = info
         self.family = info.view_family
         self.recipe = view_family(info.view_family)
         self.size = info.input_size
-        self.channels = 1 if gray_input and info.channels == 1 else 3
-        self.mean = torch.tensor(info.mean[:self.channels]).view(1, self.channels, 1, 1)
-        self.std = torch.tensor(info.std[:self.channels]).view(1, self.channels, 1, 1)
+        self.mean = torch.tensor(info.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(info.std).view(1, 3, 1, 1)
         self._moments_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         # Views come out channels_last when the networks run channels_last (the trainer sets it on CUDA).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -458,14 +454,10 @@ class ViewMaker:
         self.cutout = self.recipe.cutout_at(self.size) if cutout is None else int(cutout)
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N×C×H×W → float in [0,1] with the networks' channels (gray replicated to three, or RGB to luma)."""
-        return self.match_channels(images.float() / 255)
-
-    def match_channels(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels == 3 and x.shape[1] == 1:
-            return x.expand(-1, 3, -1, -1)
-        if self.channels == 1 and x.shape[1] == 3:  # e.g. RGB edits of a one-channel dataset
-            return _gray(x)
+        """uint8 N×C×H×W → float RGB in [0,1] (gray replicated to three channels)."""
+        x = images.float() / 255
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
         return x
 
     def _moments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -489,8 +481,6 @@ class ViewMaker:
     def from_unit(self, x: torch.Tensor, view: str, gen: torch.Generator) -> torch.Tensor:
         """Apply `view` to float images in [0,1] (1 or 3 channels, any side ≥ the input size) and normalise."""
         size, fam = self.size, self.recipe
-        if self.channels == 1:
-            x = self.match_channels(x)
         if view == "base":
             return self.normalize(center_crop(x, size) if x.shape[-1] != size else x)
         if view == "cls":
@@ -513,7 +503,6 @@ class ViewMaker:
 
 
 def run_view_maker(info: DatasetInfo, preset_cfg: dict, channels_last: bool = False) -> ViewMaker:
-    """The view maker of a run of this preset: its cls-view cutout and input channels (the trainer's and the one
-    that reloads a trained run must agree, or a one-channel model would be fed three channels)."""
-    return ViewMaker(info, channels_last=channels_last, cutout=preset_cfg.get("cls_cutout"),
-                     gray_input=preset_cfg.get("gray_input", False))
+    """The view maker of a run of this preset (its cls-view cutout): the trainer's, and the one that reloads a
+    trained run for its features."""
+    return ViewMaker(info, channels_last=channels_last, cutout=preset_cfg.get("cls_cutout"))

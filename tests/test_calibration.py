@@ -99,32 +99,6 @@ def test_per_step_cosine_schedule():
     assert presets.lr_at(dict(cfg, schedule="epoch"), 0, 5, 10) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("view", ["base", "cls", "weak", "strong"])
-def test_gray_input_views_equal_the_replicated_ones(view):
-    """One-channel views (quick's `gray_input`) carry exactly the information of the replicated three-channel ones."""
-    from pllbench.data import DatasetInfo
-    from pllbench.views import ViewMaker
-
-    info = DatasetInfo("g", 10, 1, 28, (0.3,) * 3, (0.35,) * 3, "28")
-    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    gray, rgb = ViewMaker(info, gray_input=True), ViewMaker(info)
-    one = gray(images, view, torch.Generator().manual_seed(1))
-    three = rgb(images, view, torch.Generator().manual_seed(1))
-    assert one.shape[1] == 1 and three.shape[1] == 3
-    assert torch.allclose(one.expand_as(three), three, atol=1e-6)
-    assert gray.to_unit(images).shape[1] == 1 and gray.match_channels(torch.rand(2, 3, 28, 28)).shape[1] == 1
-
-
-@pytest.mark.parametrize("method", ["cad", "cad-cam", "cel", "dirk-ref", "valen"])
-def test_gray_input_runs_with_one_channel_networks(method, smoke_cache, tmp_path, monkeypatch):
-    monkeypatch.setitem(presets.PRESETS, "smoke", dict(presets.PRESETS["smoke"], gray_input=True))
-    final, run_dir, _ = smoke_run(method, smoke_cache, tmp_path / "runs", dataset="synthetic:channels=1,size=28")
-    state = torch.load(run_dir / "model.pt")
-    first_conv = next(v for k, v in state.items() if v.ndim == 4)
-    assert first_conv.shape[1] == 1
-    assert 0.0 <= final["test_acc"] <= 1.0
-
-
 def test_status_flags_a_collapsed_projection(smoke_cache, tmp_path, capsys):
     from pllbench.cli import main
 
@@ -137,3 +111,20 @@ def test_status_flags_a_collapsed_projection(smoke_cache, tmp_path, capsys):
     assert len(flagged) == int(final["projection"]["collapsed"])
     if flagged:
         assert run_dir.name in flagged[0] and "mean cosine" in flagged[0]
+
+
+def test_leaderboard_compare_option(smoke_cache, tmp_path, capsys):
+    from pllbench.cli import main
+
+    runs = tmp_path / "runs"
+    assert main(["leaderboard", "--runs", str(runs), "--compare", "cad-cam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: malformed comparison 'cad-cam'")
+    for seed in (0, 1):
+        smoke_run("proden", smoke_cache, runs, seed=seed)
+        smoke_run("cc", smoke_cache, runs, seed=seed)
+    out = tmp_path / "boards"
+    assert main(["leaderboard", "--runs", str(runs), "--out", str(out), "--compare", "proden:cc",
+                 "--cache-dir", str(smoke_cache)]) == 0
+    board = next(out.glob("*.md")).read_text()
+    assert "| proden vs cc |" in board
