@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
-DEMO_METHODS ?= dirk,dirk-ref,proden
+DEMO_METHODS ?= oracle,proden
 DEMO_SEEDS ?= 0
 
 .PHONY: setup data demo test lint bench
@@ -29,8 +29,9 @@ data:
 
 demo: setup data
 	@DL=$$([ -d $(FMNIST_DEBIAN) ] || echo "--download --data-root data"); \
-	$(VENV)/bin/pllbench candidates --dataset fmnist --preset quick $$DL && \
-	$(VENV)/bin/pllbench run --methods $(DEMO_METHODS) --dataset fmnist --preset quick --seeds $(DEMO_SEEDS) $$DL
+	$(VENV)/bin/pllbench candidates --dataset fmnist --preset demo $$DL && \
+	$(VENV)/bin/pllbench run --methods $(DEMO_METHODS) --dataset fmnist --preset demo --seeds $(DEMO_SEEDS) \
+	    --workers 2 $$DL
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider

@@ -54,7 +54,6 @@ SETTINGS: dict[str, dict] = {
     "d60k": {"train_per_class": None, "backbone": "cnn-m2", "epochs": 8, **NO_CUTOUT},
     "d30k-e10": {"train_per_class": 3000, "backbone": "cnn-m2", "epochs": 10, **NO_CUTOUT},
     "d60k-e5": {"train_per_class": None, "backbone": "cnn-m2", "epochs": 5, **NO_CUTOUT},
-    "demo": {"train_per_class": 1000, "backbone": "cnn-m2", "epochs": 10, **NO_CUTOUT},
     "d20k-e10": {"train_per_class": 2000, "backbone": "cnn-m2", "epochs": 10, **NO_CUTOUT},
     "s2-30k-e10": {"train_per_class": 3000, "backbone": "cnn-s2", "epochs": 10, **NO_CUTOUT},
 }
@@ -104,7 +103,7 @@ def collect(runs: Path) -> dict[tuple[str, str], list[dict]]:
         setting = config["preset"]["name"].removeprefix("calib-")
         rows.setdefault((setting, final["label"]), []).append({
             "seed": final["seed"], "acc": 100 * final["test_acc"], "best": 100 * max(r["test_acc"] for r in curves),
-            "last5_std": 100 * statistics.pstdev(last5) if len(last5) > 1 else 0.0,
+            "last5_std": 100 * statistics.stdev(last5) if len(last5) > 1 else 0.0,  # as the leaderboard
             "seconds": final["seconds"], "threads": config["environment"].get("threads"),
             "mean_size": config["candidates"]["mean_size"], "teacher": final.get("teacher_test_acc"),
             "preset": config["preset"]})
@@ -120,20 +119,32 @@ def describe(preset: dict) -> str:
             f"lr {preset['lr']}")
 
 
+def cell(runs: list[dict] | None, key: str = "acc") -> str:
+    if not runs:
+        return "–"
+    values = [r[key] for r in runs]
+    sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.2f}{sd}" + (f" (n={len(values)})" if len(values) > 1 else "")
+
+
 def report(args) -> None:
+    """One row per setting: the final-epoch accuracy of each method, the last-5-epoch std and the training cost."""
     rows = collect(Path(args.runs))
+    methods = ["oracle", "proden", "dirk"]
+    settings = sorted({setting for setting, _ in rows}, key=lambda name: list(SETTINGS).index(name)
+                      if name in SETTINGS else len(SETTINGS))
     lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-             f"{torch.__version__}. Final-epoch test accuracy (%), mean ± sample std over seeds; last-5 std = the std "
-             "of the last 5 epochs' test accuracy (mean over seeds); cost = mean training seconds of one run.", "",
-             "| setting | what | method | seeds | final acc | best epoch | last-5 std | mean \\|S\\| | cost (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for (setting, method), runs in sorted(rows.items()):
-        accs = [r["acc"] for r in runs]
-        sd = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        lines.append(f"| {setting} | {describe(runs[0]['preset'])} | {method} | {len(runs)} | "
-                     f"{statistics.mean(accs):.2f}{sd} | {statistics.mean(r['best'] for r in runs):.2f} | "
-                     f"{statistics.mean(r['last5_std'] for r in runs):.2f} | {runs[0]['mean_size']:.2f} | "
-                     f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+             f"{torch.__version__}, one thread per run. Final-epoch test accuracy (%) (mean ± sample std when several "
+             "seeds); last-5 std: the std of the last 5 epochs' test accuracy; cost: training seconds of one run.", "",
+             "| setting | what | " + " | ".join(methods) + " | last-5 std (" + "/".join(methods) + ") | cost s ("
+             + "/".join(methods) + ") |", "|---|---|" + "---|" * (len(methods) + 2)]
+    for setting in settings:
+        found = [rows.get((setting, m)) for m in methods]
+        preset = next(r for r in found if r)[0]["preset"]
+        std = "/".join(f"{statistics.mean(r['last5_std'] for r in runs):.2f}" if runs else "–" for runs in found)
+        cost = "/".join(f"{statistics.mean(r['seconds'] for r in runs):.0f}" if runs else "–" for runs in found)
+        lines.append(f"| {setting} | {describe(preset)} | " + " | ".join(cell(runs) for runs in found)
+                     + f" | {std} | {cost} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

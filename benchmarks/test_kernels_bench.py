@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pllbench import views
+from pllbench import autoaugment, views
 from pllbench.candidates import inclusion_probs, sample_candidates
 from pllbench.data import DatasetInfo
 from pllbench.entangle import top_cross_class_pairs
@@ -120,6 +120,6 @@ def test_apply_ops(benchmark):
     """One AutoAugment/RandAugment slot on 64 CIFAR images, every sample its own op and magnitude: every op kernel
     runs on the whole batch and acts as the identity where not picked, so this is the cost of any slot."""
     v = _images(B, 3, 32).float()
-    op = torch.arange(B, device=DEVICE) % len(views.AUG_OPS)
-    magnitude = views.magnitude_bins(31, 32, 32)[op.cpu(), torch.arange(B) % 31].to(DEVICE)
-    run(benchmark, views.apply_ops, v, op, magnitude)
+    op = torch.arange(B, device=DEVICE) % len(autoaugment.AUG_OPS)
+    magnitude = autoaugment.magnitude_bins(31, 32, 32)[op.cpu(), torch.arange(B) % 31].to(DEVICE)
+    run(benchmark, autoaugment.apply_ops, v, op, magnitude)

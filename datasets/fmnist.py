@@ -56,7 +56,7 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 @register_dataset("fmnist")
 class FashionMNIST(Dataset):
-    presets = ("paper", "quick", "smoke")  # smoke: the tests of its loader and error messages
+    presets = ("paper", "quick", "demo", "smoke")  # smoke: the tests of its loader and error messages
     rate = 1.0
     teachers = {"paper": {"arch": "mlp", "epochs": 40, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
                           "augment": "none", "label_smoothing": 0.0}}

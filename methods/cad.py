@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pllbench.edits import open_edits
+from pllbench.edits import augment_command, find_edits, open_edits
 from pllbench.errors import PllbenchError
 from pllbench.losses import (
     contrastive_chance,
@@ -37,7 +37,7 @@ from pllbench.losses import (
     remove_self,
     weighted_contrastive_loss,
 )
-from pllbench.method import HP, Batch, EMATeacherMethod, register_method
+from pllbench.method import HP, ArtifactRequest, Batch, EMATeacherMethod, register_method
 from pllbench.queue import RingQueue
 
 
@@ -101,6 +101,32 @@ class CAD(EMATeacherMethod):
 
     def open_edit_source(self):
         return open_edits(self.ctx, self.hp["editor"], self.hp["edits"])
+
+    @classmethod
+    def ensure_artifacts(cls, hp: dict, request: ArtifactRequest) -> None:
+        """Stored edits on demand: made by `pllbench augment`'s code when the editor's model is available (the
+        Hugging Face cache, or --download); otherwise one line naming the command that makes them."""
+        if hp["align_weight"] <= 0 or hp["editor"] == "identity" or hp["edits"]:
+            return
+        if find_edits(request.cache, request.candidates_hash, hp["editor"]) is not None:
+            return
+        command = augment_command(request.dataset, request.preset, request.candidate_seed, hp["editor"])
+        try:
+            from pllbench.augment import DEFAULT_MODEL, TINY, augment, resolve_model
+        except ImportError:  # the optional `augment` extra (diffusers) is not installed
+            raise PllbenchError(f"{cls.name}: no {hp['editor']!r} edits for candidates {request.candidates_hash} and "
+                                f"diffusers is not installed (pip install 'pllbench[augment]'); then `{command}`, "
+                                f"or use --hp editor=identity") from None
+        try:
+            model = resolve_model(TINY if hp["editor"] == TINY else DEFAULT_MODEL, request.download)
+        except PllbenchError as exc:
+            raise PllbenchError(f"{cls.name}: cannot make the {hp['editor']!r} edits here ({exc}); make them with "
+                                f"`{command} --model DIR`, or use --hp editor=identity") from None
+        request.echo(f"{cls.name}: making the {hp['editor']!r} edits of candidates {request.candidates_hash} "
+                     f"(as `{command}` does)")
+        augment(request.dataset, request.preset, request.candidate_seed, model=model, cache=request.cache,
+                device=request.device, root=request.data_root, download=request.download, progress=False,
+                echo=request.echo)
 
     def edits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(edits as float RGB in [0,1] (A×3×H×W), owner position in the batch, class id), store order."""

@@ -21,17 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .entangle import (
-    Subsets,
-    center_distance,
-    load_run_method,
-    method_features,
-    run_candidates,
-    sharing_all_pairs,
-    sharing_flags,
-    subset_accuracy,
-)
+from .entangle import Subsets, center_distance, sharing_all_pairs, sharing_flags, subset_accuracy
 from .errors import PllbenchError
+from .extractors import load_run_method, method_features, run_candidates
 from .runs import inside_root, verify_finished
 from .util import atomic_write_json
 

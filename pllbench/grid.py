@@ -16,7 +16,6 @@ The grid's spec is recorded under `<runs>/_grids/<id>.json` so `pllbench status`
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import sys
 import time
 import traceback
@@ -28,24 +27,18 @@ from .hparams import UNSCOPED, canonical_overrides
 from .runconfig import OPTIM_KEYS, RunConfig, apply_optim, check_optim, optim_overrides  # noqa: F401 (API)
 from .runs import (
     FINAL,
-    RunFolder,
     claim,
     clear_job_failure,
     inside_root,
     log_attempt,
-    read_job_failure,
     read_json,
     record_failure,
     record_job_failure,
     remove_resume_state,
-    scan,
     verify_finished,
 )
 from .util import atomic_write_json, key_hash
 
-LAUNCHERS = ("local", "ray", "slurm")
-SLURM_KEYS = {"partition": str, "timeout_min": int, "array_parallelism": int, "mem_gb": (int, float),
-              "account": str, "qos": str, "constraint": str, "cluster": str}
 GRIDS_DIR = "_grids"
 
 
@@ -187,132 +180,6 @@ def run_signature(config: dict) -> str | None:
         return None
 
 
-# ------------------------------------------------------------------------------------------- the TOML grid file
-
-_TOP_KEYS = {
-    "methods": "a list of method names (or \"all\")", "datasets": "a list of dataset names",
-    "seeds": "a list of non-negative integers", "preset": "a preset name", "epochs": "a positive integer",
-    "hp": "a table of key = value (and [hp.METHOD] tables)", "val_fraction": "a number in [0, 0.5]",
-    "candidate_seed": "an integer", "launcher": f"one of {', '.join(LAUNCHERS)}",
-    "workers": "a positive integer", "address": "a Ray address string", "gpus_per_job": "a number >= 0",
-    "cpus_per_job": "a number > 0", "slurm": f"a table with keys {', '.join(SLURM_KEYS)}",
-}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _names(value, key: str, where: str) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise PllbenchError(f"{where}: key {key!r} must be {_TOP_KEYS[key]}")
-    return value
-
-
-def load_grid_file(path: str | Path) -> tuple[dict, dict]:
-    """(spec fields, launch fields) from a grid TOML; one-line errors naming the offending key."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise PllbenchError("grid files need Python >= 3.11 (tomllib) or `pip install tomli`") from None
-    where = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise PllbenchError(f"cannot read grid file {where}: {exc.strerror or exc}; pass --grid with the path of "
-                            f"a grid TOML (docs/grids.md)") from None
-    except UnicodeDecodeError as exc:
-        raise PllbenchError(f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                            f"a grid file is a TOML text file (docs/grids.md)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PllbenchError(f"{where} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_TOP_KEYS))
-    if unknown:
-        raise PllbenchError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(_TOP_KEYS)}")
-
-    def bad(key):
-        return PllbenchError(f"{where}: key {key!r} must be {_TOP_KEYS[key]}, got {data[key]!r}")
-
-    spec: dict = {}
-    launch: dict = {}
-    for key, value in data.items():
-        if key in ("methods", "datasets"):
-            items = _names(value, key, where)
-            spec[key] = ",".join(items) if key == "methods" else items
-        elif key == "seeds":
-            seeds = [value] if _is_int(value) else value
-            if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-                raise bad(key)
-            spec[key] = [int(s) for s in seeds]
-        elif key == "preset" or key == "address":
-            if not isinstance(value, str) or not value:
-                raise bad(key)
-            (spec if key == "preset" else launch)[key] = value
-        elif key in ("epochs", "workers"):
-            if not _is_int(value) or value < 1:
-                raise bad(key)
-            (spec if key == "epochs" else launch)[key] = value
-        elif key == "candidate_seed":
-            if not _is_int(value) or value < 0:
-                raise bad(key)
-            spec[key] = value
-        elif key == "val_fraction":
-            if not _is_number(value) or not 0 <= value <= 0.5:
-                raise bad(key)
-            spec[key] = float(value)
-        elif key == "launcher":
-            if value not in LAUNCHERS:
-                raise bad(key)
-            launch[key] = value
-        elif key in ("gpus_per_job", "cpus_per_job"):
-            if not _is_number(value) or value < 0 or (key == "cpus_per_job" and value == 0):
-                raise bad(key)
-            launch[key] = float(value)
-        elif key == "hp":
-            spec[key] = _hp_table(value, where)
-        elif key == "slurm":
-            launch[key] = _slurm_table(value, where)
-    return spec, launch
-
-
-def _hp_table(table, where: str) -> dict:
-    if not isinstance(table, dict):
-        raise PllbenchError(f"{where}: key 'hp' must be {_TOP_KEYS['hp']}")
-    out: dict = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            for sub, sub_value in value.items():
-                if isinstance(sub_value, dict):
-                    raise PllbenchError(f"{where}: key 'hp.{key}.{sub}' must be a value, not a table")
-                out.setdefault(key, {})[sub] = sub_value
-        else:
-            out.setdefault(UNSCOPED, {})[key] = value
-    return out
-
-
-def _slurm_table(table, where: str) -> dict:
-    if not isinstance(table, dict):
-        raise PllbenchError(f"{where}: key 'slurm' must be {_TOP_KEYS['slurm']}")
-    for key, value in table.items():
-        if key not in SLURM_KEYS:
-            raise PllbenchError(f"{where}: unknown key 'slurm.{key}'; allowed: {', '.join(SLURM_KEYS)}")
-        expected = SLURM_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, expected):
-            raise PllbenchError(f"{where}: key 'slurm.{key}' has the wrong type ({value!r})")
-        if key == "cluster" and value not in ("slurm", "local"):
-            raise PllbenchError(f"{where}: key 'slurm.cluster' must be 'slurm' or 'local', got {value!r}")
-    return dict(table)
-
-
 # ------------------------------------------------------------------------------------------------ executing jobs
 
 
@@ -386,6 +253,15 @@ def _result(job: Job, status: str, run: str | None = None, final: dict | None = 
 _REPORTED: set = set()  # failures before training already echoed by this process (one per dataset × seed)
 
 
+def ensure_job_artifacts(job: Job, run: RunConfig, prep, env: RunEnv, device, echo) -> None:
+    """The artifacts the job's method needs, built on demand as candidates are (CAD's stored edits)."""
+    from .method import ArtifactRequest, get_method
+
+    get_method(job.method).ensure_artifacts(run.hparams, ArtifactRequest(
+        job.dataset, job.preset, run.candidate_seed, prep.candidates.hash, Path(env.cache), device, env.data_root,
+        env.download, echo))
+
+
 def execute_job(job: Job, env: RunEnv, echo=_stderr) -> dict:
     """Run one job to completion unless it is finished or claimed elsewhere; never raises for a failed run.
 
@@ -406,6 +282,8 @@ def execute_job(job: Job, env: RunEnv, echo=_stderr) -> dict:
         resolved = job.run_config(compile=env.compile).with_artifacts(prep)
         run, config = resolved.run_id, resolved.to_json()
         run_dir = inside_root(Path(env.runs), run)
+        if not (run_dir / FINAL).exists():
+            ensure_job_artifacts(job, resolved, prep, env, device, echo)
     except Exception as exc:  # noqa: BLE001
         if env.debug:
             raise
@@ -482,165 +360,3 @@ def recorded_grids(runs: Path) -> list[GridSpec]:
         except (TypeError, KeyError, ValueError):
             continue
     return out
-
-
-# ------------------------------------------------------------------------------------------------------- status
-
-
-@dataclass
-class GridStatus:
-    title: str
-    total: int | None  # None when the spec is unknown (folders only)
-    done: list[RunFolder] = field(default_factory=list)
-    running: list[RunFolder] = field(default_factory=list)
-    failed: list[RunFolder] = field(default_factory=list)
-    incomplete: list[RunFolder] = field(default_factory=list)  # interrupted, resumable
-    pending: list[tuple[str, str, int]] = field(default_factory=list)  # (method, dataset, epochs): not started
-    corrupt: list[RunFolder] = field(default_factory=list)  # finished, but a file fails its manifest
-    failed_jobs: list[tuple[str, str]] = field(default_factory=list)  # (job, error): failed before any run folder
-
-    @property
-    def failed_count(self) -> int:
-        return len(self.failed) + len(self.failed_jobs)
-
-    def remaining_epochs(self) -> list[tuple[str, str, int]]:
-        """(method, dataset, epochs left) for every job not finished or failed."""
-        return [(r.config["method"], r.config["dataset"]["name"], r.epochs - len(r.curves))
-                for r in self.running + self.incomplete] + self.pending
-
-
-def _epoch_seconds(folders: list[RunFolder]) -> dict[tuple[str, str], float]:
-    """Median measured epoch time per (method, dataset), from curves.jsonl."""
-    times: dict[tuple[str, str], list[float]] = {}
-    for r in folders:
-        key = (r.config["method"], r.config["dataset"]["name"])
-        times.setdefault(key, []).extend(c["seconds"] for c in r.curves if isinstance(c.get("seconds"), (int, float)))
-    return {k: statistics.median(v) for k, v in times.items() if v}
-
-
-# A run folder's state → the GridStatus list counting it: a folder whose run died before its first epoch ("new")
-# is interrupted (resumable), like one that finished some epochs.
-_BUCKET = {"done": "done", "running": "running", "corrupt": "corrupt", "failed": "failed", "incomplete": "incomplete",
-           "new": "incomplete"}
-
-
-def grid_status(spec: GridSpec, folders: list[RunFolder], runs: Path | None = None) -> GridStatus:
-    """Each job of the spec counted once: by its best run folder (done, running, corrupt, failed, interrupted), else
-    failed when it failed before it had a folder (`<runs>/_jobs/<id>.failed.json`), else pending."""
-    by_signature: dict[str, list[RunFolder]] = {}
-    for r in folders:
-        by_signature.setdefault(run_signature(r.config), []).append(r)
-    order = {"done": 0, "running": 1, "corrupt": 2, "failed": 3, "incomplete": 4, "new": 5}
-    jobs = spec.jobs()
-    status = GridStatus(f"grid {spec.id}: {spec.describe()}", len(jobs))
-    for job in jobs:
-        run = job.run_config()
-        matches = sorted(by_signature.get(run.signature, []), key=lambda r: order[r.state])
-        if matches:
-            getattr(status, _BUCKET[matches[0].state]).append(matches[0])
-        elif runs is not None and (record := read_job_failure(runs, job.id)) is not None:
-            status.failed_jobs.append((job.name, str(record.get("error", "?"))))
-        else:
-            status.pending.append((job.method, run.dataset_name, int(run.preset["epochs"])))
-    return status
-
-
-def folder_status(group: str, folders: list[RunFolder]) -> GridStatus:
-    status = GridStatus(f"runs {group} (no grid spec: pending unknown)", None)
-    for r in folders:
-        getattr(status, _BUCKET[r.state]).append(r)
-    return status
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float]) -> str:
-    counts = (f"  done {len(status.done)} · running {len(status.running)} · failed {status.failed_count} · "
-              f"interrupted {len(status.incomplete)} · corrupt {len(status.corrupt)}")
-    if status.total is not None:  # pending: jobs of the spec that never started (failed ones are not pending)
-        counts += f" · pending {len(status.pending)} · {status.total} jobs"
-    lines = [status.title, counts]
-    for r in status.running:
-        owner = r.owner or {}
-        speed = r.curves[-1].get("samples_per_sec") if r.curves else None
-        lines.append(f"  running     {r.rel}: epoch {len(r.curves)}/{r.epochs}, pid {owner.get('pid', '?')} on "
-                     f"{owner.get('host', '?')}" + (f", {speed:,.0f} samples/s" if speed else ""))
-    for r in status.incomplete:
-        lines.append(f"  interrupted {r.rel}: epoch {len(r.curves)}/{r.epochs} (rerun the grid to resume)")
-    for r in status.failed:
-        lines.append(f"  failed      {r.rel}: {(r.failed or {}).get('error', '?')}")
-    for name, error in status.failed_jobs:
-        lines.append(f"  failed      {name} (before training): {error}")
-    for r in status.corrupt:
-        lines.append(f"  corrupt     {r.rel}: {r.corrupt}")
-    for r in status.done:  # finished, but its projection head collapsed (issue #13: mean cosine > 0.99)
-        projection = (r.final or {}).get("projection") or {}
-        if projection.get("collapsed"):
-            lines.append(f"  collapsed   {r.rel}: projection mean cosine {projection['mean_cos']:.4f}, effective rank "
-                         f"{projection['eff_rank']:.2f} (docs/calibration.md)")
-    measured = [c["samples_per_sec"] for r in status.done + status.running + status.incomplete + status.failed
-                for c in r.curves if isinstance(c.get("samples_per_sec"), (int, float))]
-    if measured:
-        live = sum(r.curves[-1].get("samples_per_sec", 0) for r in status.running if r.curves)
-        lines.append(f"  throughput  {statistics.median(measured):,.0f} samples/s per job (median epoch)"
-                     + (f"; {live:,.0f} samples/s now over {len(status.running)} running" if live else ""))
-    left = status.remaining_epochs() if status.total is not None else [
-        (r.config["method"], r.config["dataset"]["name"], r.epochs - len(r.curves)) for r in status.running]
-    if left:
-        all_times = list(epoch_seconds.values())
-        fallback = statistics.median(all_times) if all_times else None
-        per_dataset: dict[str, list[float]] = {}
-        for (_, dataset), seconds in epoch_seconds.items():
-            per_dataset.setdefault(dataset, []).append(seconds)
-        total, unknown = 0.0, 0
-        for method, dataset, epochs in left:
-            seconds = epoch_seconds.get((method, dataset))
-            if seconds is None and dataset in per_dataset:
-                seconds = statistics.median(per_dataset[dataset])
-            seconds = seconds if seconds is not None else fallback
-            if seconds is None:
-                unknown += 1
-            else:
-                total += seconds * epochs
-        parallel = max(1, len(status.running))
-        if unknown == len(left):
-            lines.append("  ETA         unknown (no epoch measured yet)")
-        else:
-            lines.append(f"  ETA         {_duration(total / parallel)} for {sum(e for *_, e in left)} epochs left "
-                         f"at {parallel} job(s) in parallel (measured epoch times)"
-                         + (f"; {unknown} job(s) without an estimate" if unknown else ""))
-    return "\n".join(lines)
-
-
-def status_report(runs: Path, spec: GridSpec | None) -> str:
-    folders = scan(runs)
-    epoch_seconds = _epoch_seconds(folders)
-    blocks: list[str] = []
-    specs = [spec] if spec is not None else recorded_grids(runs)
-    claimed: set[str] = set()
-    for grid in specs:
-        try:
-            status = grid_status(grid, folders, runs)
-        except PllbenchError as exc:  # a grid recorded by another version (a method or preset that changed since)
-            if spec is not None:
-                raise
-            blocks.append(f"grid {grid.id}: {grid.describe()}\n  cannot be resolved now ({exc}); its run folders "
-                          f"are listed below")
-            continue
-        claimed.update(r.rel for r in status.done + status.running + status.failed + status.incomplete
-                       + status.corrupt)
-        blocks.append(render_status(status, epoch_seconds))
-    if spec is None:
-        groups: dict[str, list[RunFolder]] = {}
-        for r in folders:
-            if r.rel not in claimed:
-                groups.setdefault(r.rel.split("/")[0], []).append(r)
-        blocks += [render_status(folder_status(g, fs), epoch_seconds) for g, fs in sorted(groups.items())]
-    if not blocks:
-        raise PllbenchError(f"no runs and no recorded grid under {runs}; pass --runs DIR where `pllbench run` wrote, "
-                            f"or name a grid with --grid FILE (or --methods and --dataset) to see its pending jobs")
-    return "\n\n".join(blocks)
-

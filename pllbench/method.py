@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -53,6 +55,22 @@ class Batch:
     epoch: int
     step: int  # global step
     generator: torch.Generator | None = None  # the run's seeded view generator (for views a method draws itself)
+
+
+@dataclass
+class ArtifactRequest:
+    """What `ensure_artifacts` may use to build a run's artifacts: the run's data and candidates, where the cache
+    is, the device, and whether the network may be used (--download)."""
+
+    dataset: str  # as typed, options included
+    preset: str
+    candidate_seed: int
+    candidates_hash: str
+    cache: Path
+    device: torch.device
+    data_root: str | None = None
+    download: bool = False
+    echo: Callable[[str], None] = print
 
 
 @dataclass
@@ -173,6 +191,11 @@ class Method(nn.Module):
     def projections(self, x: torch.Tensor) -> torch.Tensor | None:
         """The L2-normalised output of a *trained* projection head (collapse diagnostics), or None."""
         return None
+
+    @classmethod
+    def ensure_artifacts(cls, hp: dict, request: ArtifactRequest) -> None:
+        """Before training: build the artifacts this run needs that pllbench can make (as candidates are built on
+        demand), or fail in one line naming the command that makes them. Most methods need none."""
 
     @classmethod
     def run_label(cls, hp: dict) -> str:

@@ -14,6 +14,8 @@ from .errors import PllbenchError
 TEACHERS = {
     "quick": {"arch": "cnn-s", "epochs": 3, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4,
               "augment": "flip-crop", "label_smoothing": 0.0},
+    "demo": {"arch": "cnn-s", "epochs": 3, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4,
+             "augment": "flip-crop", "label_smoothing": 0.0},  # quick's: the same cached teacher
     "smoke": {"arch": "cnn-xs", "epochs": 3, "batch_size": 16, "lr": 0.05, "weight_decay": 5e-4,
               "augment": "none", "label_smoothing": 0.0},
 }
@@ -39,6 +41,16 @@ PRESETS = {
         # shared by every method that declares the key; a method's own overrides are in its file (preset_hparams)
         "method_hparams": {"*": {"queue_size": 2048}},
         "method_preset": "quick",  # presets copied from this dict (benchmarks/calibrate.py) keep quick's overrides
+    },
+    # `make demo`: quick with 10 epochs (the calibration's d20k-e10: oracle 89.98 %, PRODEN 71.40 %, seed 0), so that
+    # the oracle and PRODEN finish in minutes on two cores
+    "demo": {
+        "description": "make demo: the quick preset with 10 epochs (Fashion-MNIST 20k train / full 10k test, cnn-m2)",
+        "epochs": 10, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "eta_min": 0.05e-3, "proj_dim": 64,
+        "backbone": "cnn-m2", "batch_size": 128, "train_per_class": 2000, "test_per_class": None,
+        "cls_cutout": 0, "schedule": "step",
+        "method_hparams": {"*": {"queue_size": 2048}},
+        "method_preset": "quick",
     },
     "smoke": {
         "description": "tests: synthetic 4-class 16-px data, cnn-xs, 2 epochs, batch 16",

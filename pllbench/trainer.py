@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-import io
-import json
 import platform
 import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,14 @@ from . import __version__
 from .artifacts import ArtifactStore, git_commit
 from .errors import PllbenchError
 from .evaluate import accuracy, approximated_accuracy, covering_rate, predict_logits, projection_diagnostics
-from .method import Batch, MethodContext, ViewBatch, get_method
+from .method import Batch, Method, MethodContext, ViewBatch, get_method
 from .prepare import Prepared
 from .presets import lr_at
+from .run_files import load_checkpoint, save_checkpoint, torch_bytes, write_curves, write_predictions
+from .run_messages import epoch_line, run_header, stderr_line, wall_time_line
 from .runconfig import RunConfig
 from .runs import verify_finished, write_finished
-from .util import atomic_write_bytes, atomic_write_json, atomic_write_text, derive_seed, sha256_bytes
+from .util import atomic_write_bytes, atomic_write_json, derive_seed
 from .views import ViewMaker, run_view_maker
 
 
@@ -58,66 +59,6 @@ def environment(device: torch.device) -> dict:
         env["cpu"] = platform.processor() or platform.machine()
         env["threads"] = torch.get_num_threads()
     return env
-
-
-def _torch_bytes(state) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-def _save_checkpoint(run_dir: Path, epoch: int, state: dict) -> None:
-    """checkpoint-<epoch>.pt, then progress.json naming it with its checksum, then drop older checkpoints."""
-    data = _torch_bytes(state)
-    name = f"checkpoint-{epoch:04d}.pt"
-    atomic_write_bytes(run_dir / name, data)
-    atomic_write_json(run_dir / "progress.json", {"epoch": epoch, "checkpoint": name, "sha256": sha256_bytes(data)})
-    for old in run_dir.glob("checkpoint-*.pt"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
-
-
-def _write_curves(run_dir: Path, curves: list[dict]) -> None:
-    atomic_write_text(run_dir / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in curves))
-
-
-def _load_checkpoint(run_dir: Path) -> dict | None:
-    progress = run_dir / "progress.json"
-    if not progress.exists():
-        return None
-    try:
-        info = json.loads(progress.read_text())
-        data = (run_dir / info["checkpoint"]).read_bytes()
-    except (OSError, ValueError, KeyError):
-        raise PllbenchError(f"checkpoint of {run_dir} is unreadable; delete {run_dir} to restart the run") from None
-    if sha256_bytes(data) != info["sha256"]:
-        raise PllbenchError(f"checkpoint {run_dir / info['checkpoint']} is corrupted (checksum mismatch); "
-                            f"delete {run_dir} to restart the run")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — any unpickling failure means the same thing
-        raise PllbenchError(f"checkpoint {run_dir / info['checkpoint']} cannot be loaded ({exc}); "
-                            f"delete {run_dir} to restart the run") from None
-
-
-def _write_predictions(path: Path, rows: list[tuple[str, int, torch.Tensor]], test_index, labels) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = []
-    for tag, epoch, logits in rows:
-        logits = logits.float().cpu()
-        n = len(logits)
-        tables.append(pa.table({
-            "tag": pa.array([tag] * n), "epoch": pa.array(np.full(n, epoch, dtype=np.int32)),
-            "index": pa.array(np.asarray(test_index, dtype=np.int64)),
-            "y_true": pa.array(labels.cpu().numpy().astype(np.int32)),
-            "y_pred": pa.array(logits.argmax(1).numpy().astype(np.int32)),
-            "logits": pa.array(list(logits.numpy()), type=pa.list_(pa.float32())),
-        }))
-    buffer = pa.BufferOutputStream()
-    pq.write_table(pa.concat_tables(tables), buffer)
-    atomic_write_bytes(path, buffer.getvalue().to_pybytes())
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -179,44 +120,190 @@ def train_step(method, optimizer, batch: Batch, autocast) -> dict:
     return losses
 
 
-def _stderr_line(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def run_header(config: dict, run_dir: Path, n_train: int, n_val: int, n_test: int, steps: int, device) -> str:
-    """The one line a run prints before training: preset, data sizes, epochs, device, results folder."""
-    cfg = config["preset"]
-    val = f" (+{n_val} validation)" if n_val else ""
-    return (f"{run_id(config)}: preset {cfg['name']}, {n_train} train{val} / {n_test} test images, {cfg['epochs']} "
-            f"epochs of {steps} steps (batch {cfg['batch_size']}), device {device}; results in {run_dir}")
-
-
-def wall_time_line(config: dict, device, seconds_per_step: float, probe: int, steps: int, epochs_left: int) -> str:
-    """The estimate printed after the first steps; on a CPU the paper preset also gets a warning naming `quick`."""
-    total = seconds_per_step * steps * epochs_left
-    line = (f"{run_id(config)}: estimated wall time {_duration(total)} ({epochs_left} epochs of {steps} steps at "
-            f"{seconds_per_step:.3f} s/step, measured over the first {probe} steps; evaluation not included)")
-    if config["preset"]["name"] == "paper" and torch.device(device).type == "cpu":
-        line = (f"warning: {line}; the paper preset is made for a GPU: on a CPU use the CPU preset "
-                f"(--preset quick, Fashion-MNIST) or pass --device cuda on a GPU machine")
-    return line
-
-
-def epoch_line(record: dict, epochs: int) -> str:
-    """`epoch 3/15  test_acc 71.20%  loss 0.8123  12.3 s` (epochs counted from 1)."""
-    loss = record.get("loss/loss")
-    return (f"epoch {record['epoch'] + 1}/{epochs}  test_acc {100 * record['test_acc']:.2f}%  "
-            + (f"loss {loss:.4f}  " if loss is not None else "") + f"{record['seconds']:.1f} s")
-
-
 def write_config(run_dir: Path, run: RunConfig, device: torch.device) -> None:
     """config.json: the run's JSON form plus the environment (not part of the run id)."""
     atomic_write_json(Path(run_dir) / "config.json", {**run.to_json(), "environment": environment(device)})
+
+
+@dataclass
+class Training:
+    """One run being trained: its config, data on the device, method, optimiser and what the epochs recorded."""
+
+    run: RunConfig
+    config: dict
+    run_dir: Path
+    device: torch.device
+    maker: ViewMaker
+    train_images: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    cands: torch.Tensor
+    train_rows: torch.Tensor
+    val_rows: torch.Tensor | None
+    steps: int
+    method: Method
+    optimizer: torch.optim.Optimizer
+    autocast: torch.autocast
+    curves: list = field(default_factory=list)
+    selection: dict = field(default_factory=dict)
+    start_epoch: int = 0
+    rebuilt: bool = False  # the method changed its trained parameters once (VALEN): the optimiser was rebuilt
+
+    @property
+    def cfg(self) -> dict:
+        return self.config["preset"]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.SGD(self.method.trainable_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                               weight_decay=cfg["weight_decay"])
+
+
+def split_rows(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(train rows, candidate-only validation rows or None), a seeded split of the n training rows."""
+    if val_fraction <= 0:
+        return torch.arange(n), None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("val", seed)))
+    n_val = max(1, round(val_fraction * n))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def start_training(prep: Prepared, run: RunConfig, run_dir: Path, device: torch.device,
+                   artifacts: ArtifactStore | None) -> Training:
+    """Data on the device, the method built from its seed, the optimiser, and the last checkpoint if any."""
+    config = run.to_json()
+    cfg, seed = config["preset"], config["seed"]
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        torch.use_deterministic_algorithms(True)
+    data, info = prep.data, prep.data.info
+    maker = run_view_maker(info, cfg, channels_last=True)  # NHWC convolutions, BN and pooling: faster on CPU and GPU
+    train_images = data.train.images.to(device)
+    cands = torch.from_numpy(prep.candidates.matrix).float().to(device)
+    train_rows, val_rows = split_rows(len(cands), config["val_fraction"], seed)
+    steps = len(train_rows) // cfg["batch_size"]
+    if steps == 0:
+        raise PllbenchError(f"batch size {cfg['batch_size']} exceeds the {len(train_rows)} training rows")
+    store = artifacts if artifacts is not None else ArtifactStore.holding(prep.candidates.path)
+    ctx = MethodContext.for_run(run, info, cands, maker, train_images, device, store)
+    torch.manual_seed(derive_seed("init", seed))
+    method = get_method(config["method"])(ctx, config["hparams"]).to(device)
+    method.to(memory_format=torch.channels_last)  # as the views
+    if config.get("compile"):
+        compile_backbones(method)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bool(config.get("bf16")))
+    t = Training(run, config, run_dir, device, maker, train_images, data.test.images.to(device),
+                 data.test.labels.to(device), cands, train_rows, val_rows, steps, method, None, autocast)
+    t.optimizer = t.make_optimizer()
+    state = load_checkpoint(run_dir)
+    if state is not None:
+        method.load_state_dict(state["method"])
+        t.rebuilt = bool(state.get("rebuilt_optimizer"))
+        if t.rebuilt:
+            t.optimizer = t.make_optimizer()
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.curves, t.start_epoch, t.selection = state["curves"], state["epoch"], state["selection"]
+    return t
+
+
+def train_epoch(t: Training, epoch: int, on_step) -> tuple[dict, float, float, float]:
+    """One epoch of steps, no host sync inside (metrics stay on the device until the end); returns (mean losses,
+    mean |S|, training seconds, the epoch's starting LR). `on_step(s, loop_started)` runs after every step."""
+    cfg, seed, device, steps, bs = t.cfg, t.config["seed"], t.device, t.steps, t.cfg["batch_size"]
+    cuda = device.type == "cuda"
+    torch.manual_seed(derive_seed("epoch", seed, epoch))
+    gen = torch.Generator(device=device).manual_seed(derive_seed("views", seed, epoch))
+    order = t.train_rows[torch.randperm(len(t.train_rows), generator=torch.Generator().manual_seed(
+        derive_seed("order", seed, epoch)))]
+    order = order.pin_memory().to(device, non_blocking=True) if cuda else order  # the only host data left
+    if t.method.on_epoch_start(epoch):
+        t.optimizer, t.rebuilt = t.make_optimizer(), True
+    per_step = cfg.get("schedule", "epoch") == "step"
+    lr = lr_at(cfg, epoch)
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    t.method.train()
+    sums: dict[str, torch.Tensor] = {}
+    size_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, device=device)  # the first step with a non-finite loss, found without a sync
+    loop_started = time.perf_counter()
+    for s in range(steps):
+        idx = order[s * bs:(s + 1) * bs]
+        if per_step:
+            for group in t.optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch, s, steps)
+        batch = make_batch(t.method, t.maker, t.train_images, t.cands, idx, epoch, epoch * steps + s, gen)
+        losses = train_step(t.method, t.optimizer, batch, t.autocast)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses["loss"].detach()), s, first_bad)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0) + value.detach().float()
+        size_sum += batch.candidates.sum() / len(idx)
+        on_step(s, loop_started)
+    if cuda:
+        torch.cuda.synchronize(device)
+    train_seconds = time.perf_counter() - loop_started
+    values = {k: float(v) / steps for k, v in sums.items()}
+    bad, first_bad = [k for k, v in values.items() if not np.isfinite(v)], int(first_bad)
+    if bad or first_bad >= 0:
+        where = f" step {first_bad}" if first_bad >= 0 else ""
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}{where} ({', '.join(bad) or 'loss'}); "
+                            "lower the learning rate (--hp lr=...) or check the method's hyperparameters")
+    return values, float(size_sum) / steps, train_seconds, lr
+
+
+def evaluate_epoch(t: Training, epoch: int, record: dict) -> torch.Tensor:
+    """Test accuracy, the projection diagnostics of a method with a trained head, and the label-free selection
+    criteria on the validation rows, into `record`; returns the test logits."""
+    method, maker, device = t.method, t.maker, t.device
+    method.eval()
+    with t.autocast:
+        test_logits = predict_logits(method.predict, t.test_images, maker)
+    record["test_acc"] = float(accuracy(test_logits, t.test_labels))
+    with torch.no_grad():  # eval mode: probing the head changes no state
+        has_projection = method.projections(maker(t.test_images[:2], "base", None)) is not None
+    if has_projection:  # a trained projection head: is it collapsing?
+        with t.autocast:
+            record.update(projection_diagnostics(method.projections, t.test_images, maker))
+    if t.val_rows is not None:
+        with t.autocast:
+            val_logits = predict_logits(method.predict, t.train_images[t.val_rows.to(device)], maker)
+        val_cands = t.cands[t.val_rows.to(device)]
+        for crit, fn in (("cr", covering_rate), ("aa", approximated_accuracy)):
+            value = float(fn(val_logits, val_cands))
+            record[f"val_{crit}"] = value
+            if crit not in t.selection or value >= t.selection[crit]["value"]:
+                t.selection[crit] = {"value": value, "epoch": epoch, "test_acc": record["test_acc"],
+                                     "logits": test_logits.cpu()}
+    return test_logits
+
+
+def finish_training(t: Training, prep: Prepared, final_logits: torch.Tensor | None) -> dict:
+    """predictions.parquet, curves.jsonl, model.pt, then manifest.json and final.json; drops the resume state."""
+    cfg, config, run_dir = t.cfg, t.config, t.run_dir
+    if final_logits is None:  # resumed after the last epoch's checkpoint but before final.json
+        t.method.eval()
+        with t.autocast:
+            final_logits = predict_logits(t.method.predict, t.test_images, t.maker)
+    rows = [("final", cfg["epochs"] - 1, final_logits)]
+    rows += [(f"select-{crit}", sel["epoch"], sel["logits"]) for crit, sel in t.selection.items()]
+    write_predictions(run_dir / "predictions.parquet", rows, prep.data.test_index, t.test_labels)
+    final = {"run": t.run.run_id, "method": config["method"], "label": t.run.base_label,
+             "dataset": prep.data.info.name, "preset": cfg["name"], "seed": config["seed"],
+             "test_acc": float(accuracy(final_logits, t.test_labels)), "epochs": cfg["epochs"],
+             "seconds": round(sum(r["seconds"] for r in t.curves), 2),
+             "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in t.selection.items()},
+             "candidates": config["candidates"]["hash"], "throughput": throughput_summary(t.curves),
+             "reference": get_method(config["method"]).reference, **collapse_summary(t.curves),
+             "teacher_test_acc": prep.candidates.report["teacher"]["test_acc"]}
+    write_curves(run_dir, t.curves)  # a resume after the last checkpoint may not have written it yet
+    atomic_write_bytes(run_dir / "model.pt", torch_bytes(t.method.state_dict()))
+    write_finished(run_dir, final)  # manifest.json (every file's sha256), then final.json
+    for old in run_dir.glob("checkpoint-*.pt"):
+        old.unlink(missing_ok=True)
+    (run_dir / "progress.json").unlink(missing_ok=True)
+    return final
 
 
 def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: torch.device, progress: bool = True,
@@ -225,177 +312,61 @@ def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: t
     header, the resume note, the wall-time estimate and, with `progress` and no TTY, one line per epoch);
     `artifacts`: the artifact store the method may ask (default: the one holding the prepared candidates)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    final_path = run_dir / "final.json"
-    if final_path.exists():
+    if (run_dir / "final.json").exists():
         final, problem = verify_finished(run_dir)
         if problem:
             raise PllbenchError(problem)
         return final
     run = RunConfig.of(config)
-    config = run.to_json()
     write_config(run_dir, run, device)
-    cfg, seed, hp = config["preset"], config["seed"], config["hparams"]
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        torch.use_deterministic_algorithms(True)
-    data, info = prep.data, prep.data.info
-    # NHWC convolutions, BN and pooling: faster on CPU and GPU
-    maker = run_view_maker(info, cfg, channels_last=True)
-    train_images = data.train.images.to(device)
-    test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
-    cands = torch.from_numpy(prep.candidates.matrix).float().to(device)
-    n = len(cands)
-    train_rows = torch.arange(n)
-    val_rows = None
-    if config["val_fraction"] > 0:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("val", seed)))
-        n_val = max(1, round(config["val_fraction"] * n))
-        val_rows, train_rows = order[:n_val].sort().values, order[n_val:].sort().values
-    bs = cfg["batch_size"]
-    steps = len(train_rows) // bs
-    if steps == 0:
-        raise PllbenchError(f"batch size {bs} exceeds the {len(train_rows)} training rows")
-    store = artifacts if artifacts is not None else ArtifactStore.holding(prep.candidates.path)
-    ctx = MethodContext.for_run(run, info, cands, maker, train_images, device, store)
-    torch.manual_seed(derive_seed("init", seed))
-    method = get_method(config["method"])(ctx, hp).to(device)
-    method.to(memory_format=torch.channels_last)  # as the views
-    if config.get("compile"):
-        compile_backbones(method)
-
-    def make_optimizer():
-        return torch.optim.SGD(method.trainable_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                               weight_decay=cfg["weight_decay"])
-
-    optimizer = make_optimizer()
-    curves, start_epoch, selection = [], 0, {}
-    state = _load_checkpoint(run_dir)
-    if state is not None:
-        method.load_state_dict(state["method"])
-        if state.get("rebuilt_optimizer"):
-            optimizer = make_optimizer()
-        optimizer.load_state_dict(state["optimizer"])
-        curves, start_epoch, selection = state["curves"], state["epoch"], state["selection"]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bool(config.get("bf16")))
-    emit = echo or _stderr_line
-    emit(run_header(config, run_dir, len(train_rows), 0 if val_rows is None else len(val_rows), len(test_labels),
-                    steps, device))
-    if start_epoch:
-        emit(f"{run_id(config)}: resuming from epoch {start_epoch} ({start_epoch}/{cfg['epochs']} epochs done, "
+    t = start_training(prep, run, run_dir, device, artifacts)
+    config, epochs = t.config, t.cfg["epochs"]
+    emit = echo or stderr_line
+    n_val = 0 if t.val_rows is None else len(t.val_rows)
+    emit(run_header(config, run_dir, len(t.train_rows), n_val, len(t.test_labels), t.steps, device))
+    if t.start_epoch:
+        emit(f"{run.run_id}: resuming from epoch {t.start_epoch} ({t.start_epoch}/{epochs} epochs done, "
              f"from its checkpoint)")
-    probe = min(20, steps)  # steps timed for the wall-time estimate
+    probe = min(20, t.steps)  # steps timed for the wall-time estimate
     bar = None
     if progress and sys.stderr.isatty():  # without a terminal: one line per epoch instead
         from tqdm import tqdm
 
-        bar = tqdm(total=(cfg["epochs"] - start_epoch) * steps, desc=run_id(config), leave=False, file=sys.stderr)
+        bar = tqdm(total=(epochs - t.start_epoch) * t.steps, desc=run.run_id, leave=False, file=sys.stderr)
         emit = functools.partial(tqdm.write, file=sys.stderr)  # above the bar
-    rebuilt = bool(state and state.get("rebuilt_optimizer"))
+
+    def on_step(s: int, loop_started: float, epoch_box: list) -> None:
+        if bar is not None:
+            bar.update(1)
+        if epoch_box[0] == t.start_epoch and s + 1 == probe:  # one host sync per run, for the estimate
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            emit(wall_time_line(config, device, (time.perf_counter() - loop_started) / probe, probe, t.steps,
+                                epochs - t.start_epoch))
+
     final_logits = None
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in range(t.start_epoch, epochs):
         started = time.time()
-        torch.manual_seed(derive_seed("epoch", seed, epoch))
-        gen = torch.Generator(device=device).manual_seed(derive_seed("views", seed, epoch))
-        order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(
-            derive_seed("order", seed, epoch)))]
-        order = order.pin_memory().to(device, non_blocking=True) if cuda else order  # the only host data left
-        if method.on_epoch_start(epoch):
-            optimizer, rebuilt = make_optimizer(), True
-        per_step = cfg.get("schedule", "epoch") == "step"
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        method.train()
-        sums: dict[str, torch.Tensor] = {}
-        size_sum = torch.zeros((), device=device)
-        first_bad = torch.full((), -1, device=device)  # the first step with a non-finite loss, found without a sync
-        loop_started = time.perf_counter()
-        for s in range(steps):  # no host sync inside: metrics stay on the device until the epoch ends
-            idx = order[s * bs:(s + 1) * bs]
-            if per_step:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(cfg, epoch, s, steps)
-            batch = make_batch(method, maker, train_images, cands, idx, epoch, epoch * steps + s, gen)
-            losses = train_step(method, optimizer, batch, autocast)
-            finite = torch.isfinite(losses["loss"].detach())
-            first_bad = torch.where((first_bad < 0) & ~finite, s, first_bad)
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0) + value.detach().float()
-            size_sum += batch.candidates.sum() / len(idx)
-            if bar is not None:
-                bar.update(1)
-            if epoch == start_epoch and s + 1 == probe:  # one host sync per run, for the estimate
-                if cuda:
-                    torch.cuda.synchronize(device)
-                emit(wall_time_line(config, device, (time.perf_counter() - loop_started) / probe, probe, steps,
-                                    cfg["epochs"] - start_epoch))
-        if cuda:
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - loop_started
-        values = {k: float(v) / steps for k, v in sums.items()}
-        bad = [k for k, v in values.items() if not np.isfinite(v)]
-        first_bad = int(first_bad)
-        if bad or first_bad >= 0:
-            where = f" step {first_bad}" if first_bad >= 0 else ""
-            raise NonFiniteLoss(f"non-finite loss at epoch {epoch}{where} ({', '.join(bad) or 'loss'}); "
-                                "lower the learning rate or check the method's hyperparameters")
-        method.eval()
-        with autocast:
-            test_logits = predict_logits(method.predict, test_images, maker)
-        record = {"epoch": epoch, "lr": lr, "test_acc": float(accuracy(test_logits, test_labels)),
-                  "mean_size": float(size_sum) / steps, **{f"loss/{k}": v for k, v in values.items()}}
-        with torch.no_grad():  # eval mode: probing the head changes no state
-            has_projection = method.projections(maker(test_images[:2], "base", None)) is not None
-        if has_projection:  # a trained projection head: is it collapsing?
-            with autocast:
-                record.update(projection_diagnostics(method.projections, test_images, maker))
-        if val_rows is not None:
-            with autocast:
-                val_logits = predict_logits(method.predict, train_images[val_rows.to(device)], maker)
-            val_cands = cands[val_rows.to(device)]
-            for crit, fn in (("cr", covering_rate), ("aa", approximated_accuracy)):
-                value = float(fn(val_logits, val_cands))
-                record[f"val_{crit}"] = value
-                if crit not in selection or value >= selection[crit]["value"]:
-                    selection[crit] = {"value": value, "epoch": epoch, "test_acc": record["test_acc"],
-                                       "logits": test_logits.cpu()}
+        values, mean_size, train_seconds, lr = train_epoch(
+            t, epoch, functools.partial(on_step, epoch_box=[epoch]))
+        record = {"epoch": epoch, "lr": lr, "test_acc": None, "mean_size": mean_size,
+                  **{f"loss/{k}": v for k, v in values.items()}}
+        final_logits = evaluate_epoch(t, epoch, record)
         record["seconds"] = round(time.time() - started, 3)
-        record.update(train_seconds=round(train_seconds, 3), samples_per_sec=round(steps * bs / train_seconds, 1),
+        record.update(train_seconds=round(train_seconds, 3),
+                      samples_per_sec=round(t.steps * t.cfg["batch_size"] / train_seconds, 1),
                       peak_mem_mb=peak_memory_mb(device))
-        curves.append(record)
-        final_logits = test_logits
-        _save_checkpoint(run_dir, epoch + 1, {"epoch": epoch + 1, "method": method.state_dict(),
-                                               "optimizer": optimizer.state_dict(), "curves": curves,
-                                               "selection": selection, "rebuilt_optimizer": rebuilt})
-        _write_curves(run_dir, curves)  # after the checkpoint: never an epoch that no checkpoint holds
+        t.curves.append(record)
+        save_checkpoint(run_dir, epoch + 1, {"epoch": epoch + 1, "method": t.method.state_dict(),
+                                             "optimizer": t.optimizer.state_dict(), "curves": t.curves,
+                                             "selection": t.selection, "rebuilt_optimizer": t.rebuilt})
+        write_curves(run_dir, t.curves)  # after the checkpoint: never an epoch that no checkpoint holds
         if bar is not None:
             loss = record.get("loss/loss")
             bar.set_postfix_str(f"test_acc {100 * record['test_acc']:.2f}%"
                                 + (f" loss {loss:.4f}" if loss is not None else ""))
         elif progress:
-            emit(epoch_line(record, cfg["epochs"]))
+            emit(epoch_line(record, epochs))
     if bar is not None:
         bar.close()
-    if final_logits is None:  # resumed after the last epoch's checkpoint but before final.json
-        method.eval()
-        with autocast:
-            final_logits = predict_logits(method.predict, test_images, maker)
-    rows = [("final", cfg["epochs"] - 1, final_logits)]
-    rows += [(f"select-{crit}", sel["epoch"], sel["logits"]) for crit, sel in selection.items()]
-    _write_predictions(run_dir / "predictions.parquet", rows, data.test_index, test_labels)
-    final = {"run": run.run_id, "method": config["method"], "label": run.base_label, "dataset": info.name,
-             "preset": cfg["name"], "seed": seed, "test_acc": float(accuracy(final_logits, test_labels)),
-             "epochs": cfg["epochs"], "seconds": round(sum(r["seconds"] for r in curves), 2),
-             "selected": {c: {"epoch": s["epoch"], "test_acc": s["test_acc"]} for c, s in selection.items()},
-             "candidates": config["candidates"]["hash"], "throughput": throughput_summary(curves),
-             "reference": get_method(config["method"]).reference, **collapse_summary(curves),
-             "teacher_test_acc": prep.candidates.report["teacher"]["test_acc"]}
-    _write_curves(run_dir, curves)  # a resume after the last checkpoint may not have written it yet
-    atomic_write_bytes(run_dir / "model.pt", _torch_bytes(method.state_dict()))
-    write_finished(run_dir, final)  # manifest.json (every file's sha256), then final.json
-    for old in run_dir.glob("checkpoint-*.pt"):
-        old.unlink(missing_ok=True)
-    (run_dir / "progress.json").unlink(missing_ok=True)
-    return final
+    return finish_training(t, prep, final_logits)

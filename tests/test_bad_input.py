@@ -309,7 +309,7 @@ CASES = [
     Case("augment-unknown-dataset", lambda w: AUGMENT + ["--dataset", "mnist", "--model", "tiny-ip2p"],
          ("unknown dataset 'mnist'", "choose one of:")),
     Case("augment-unknown-preset", lambda w: AUGMENT + ["--dataset", DATA, "--preset", "huge", "--model", "tiny-ip2p"],
-         ("unknown preset 'huge'", "choose one of: paper, quick, smoke")),
+         ("unknown preset 'huge'", "choose one of: paper, quick, demo, smoke")),
     Case("augment-resolution-off-the-latent-grid", lambda w: AUGMENT + ["--dataset", DATA, "--resolution", "12"],
          ("--resolution 12", "must be a multiple of 8")),
     Case("augment-editor-and-model-disagree",

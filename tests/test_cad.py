@@ -173,4 +173,20 @@ def test_cli_without_ip2p_edits_prints_one_line(smoke_cache, tmp_path, capsys):
                      "--no-progress", "--cache-dir", str(smoke_cache), "--runs", str(tmp_path / "runs")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1
-    assert "no 'ip2p' edits for candidates" in errors[0] and "`pllbench augment --dataset synthetic" in errors[0]
+    assert "cannot make the 'ip2p' edits here (no InstructPix2Pix weights" in errors[0]
+    assert "`pllbench augment --dataset synthetic" in errors[0] and "--hp editor=identity" in errors[0]
+
+
+def test_run_makes_missing_edits_on_demand(smoke_cache, tmp_path, capsys):
+    """`run` builds a CAD run's stored edits through `pllbench augment`'s code when the editor's model is available
+    (here the miniature pipeline, always available), as it builds candidates; a second run finds them."""
+    runs = tmp_path / "runs"
+    args = ["run", "--methods", "cad", "--hp", "editor=tiny-ip2p", "--dataset", "synthetic:train=16", "--preset",
+            "smoke", "--epochs", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--runs", str(runs)]
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert "making the 'tiny-ip2p' edits of candidates" in err
+    final = json.loads(next(runs.glob("*/cad-*/final.json")).read_text())
+    assert final["label"] == "cad[tiny-ip2p]"
+    assert cli_main([*args, "--seeds", "0", "--hp", "cad.align_weight=1.0"]) == 0  # another run, same candidates
+    assert "making the" not in capsys.readouterr().err

@@ -128,3 +128,11 @@ def test_leaderboard_compare_option(smoke_cache, tmp_path, capsys):
                  "--cache-dir", str(smoke_cache)]) == 0
     board = next(out.glob("*.md")).read_text()
     assert "| proden vs cc |" in board
+
+
+def test_demo_preset_is_quick_with_ten_epochs():
+    """`make demo`'s preset: the calibration's d20k-e10 (docs/calibration.md), quick's teacher and overrides."""
+    demo, quick = presets.resolve_preset("demo", "fmnist"), presets.resolve_preset("quick", "fmnist")
+    assert demo["epochs"] == 10 and quick["epochs"] == 15
+    assert {k: v for k, v in demo.items() if k not in ("epochs", "name")} == \
+        {k: v for k, v in quick.items() if k not in ("epochs", "name")}

@@ -30,7 +30,7 @@ import torch
 
 from pllbench.artifacts import verify
 from pllbench.edits import EditStore
-from pllbench.trainer import _load_checkpoint
+from pllbench.run_files import load_checkpoint
 
 SEED = 9
 RUN = ["run", "--dataset", "synthetic:train=64,test=16", "--preset", "smoke", "--no-progress", "--device", "cpu"]
@@ -200,7 +200,7 @@ def check_tree(runs: Path, cache: Path, seen: Seen) -> None:
             for name in ("final.json", "predictions.parquet", "model.pt"):
                 seen.results.setdefault(run_dir / name, (run_dir / name).read_bytes())
         elif (run_dir / "progress.json").exists():  # raises on a missing, torn or mismatching checkpoint
-            assert _load_checkpoint(run_dir)["epoch"] == json.loads((run_dir / "progress.json").read_text())["epoch"]
+            assert load_checkpoint(run_dir)["epoch"] == json.loads((run_dir / "progress.json").read_text())["epoch"]
     for path, data in seen.results.items():
         assert path.read_bytes() == data, f"{path} changed after it was finished"
     done = done_work(runs, cache)

@@ -13,7 +13,6 @@ from conftest import smoke_run
 
 from pllbench.cli import main
 from pllbench.entangle import (
-    Extractor,
     center_distance,
     class_centroids,
     cross_class_pair_count,
@@ -29,6 +28,7 @@ from pllbench.entangle import (
     top_cross_class_pairs,
 )
 from pllbench.errors import PllbenchError
+from pllbench.extractors import Extractor
 
 # §7: six instances, 2-d features, 3 classes.
 TOY_FEATURES = torch.tensor([[4, 1], [3, 2], [2, 3], [-1, 5], [4, -1], [1, -3]], dtype=torch.float64)
@@ -227,7 +227,7 @@ def test_cli_rejects_bad_input(args, message, smoke_cache, capsys):
 def test_timm_weights_map_by_position(tmp_path):
     """A weights file whose key names differ from timm's loads by position and shape."""
     timm = pytest.importorskip("timm")
-    from pllbench.entangle import timm_eval_transform, timm_extractor
+    from pllbench.extractors import timm_eval_transform, timm_extractor
 
     torch.manual_seed(0)
     reference = timm.create_model("test_efficientnet", pretrained=False).eval()

@@ -14,7 +14,8 @@ from conftest import cli_command
 
 from pllbench import trainer
 from pllbench.cli import main
-from pllbench.grid import GridSpec, RunEnv, load_grid_file, split_datasets
+from pllbench.grid import GridSpec, RunEnv, split_datasets
+from pllbench.grid_file import load_grid_file
 from pllbench.launchers import LaunchOptions, submit_slurm, visible_gpus, wait_slurm
 from pllbench.runs import read_attempts
 

@@ -134,7 +134,7 @@ def test_identity_editor_is_announced_once_and_missing_edits_name_the_command(ca
     code = main(smoke(smoke_cache, runs, "--methods", "cad", "--epochs", "1", "--hp", "editor=ip2p"))
     captured = capsys.readouterr()
     assert code == 2
-    mentions = [line for line in (captured.out + captured.err).splitlines() if "no 'ip2p' edits" in line]
+    mentions = [line for line in (captured.out + captured.err).splitlines() if "the 'ip2p' edits" in line]
     assert len(mentions) == 1 and mentions[0].startswith("error: ") and "`pllbench augment --dataset" in mentions[0]
     assert "identity editor" not in captured.err
 
@@ -242,8 +242,8 @@ def test_a_failing_job_prints_one_line_then_one_summary(capsys, smoke_cache, tmp
                       "editor=ip2p"))
     captured = capsys.readouterr()
     assert code == 2
-    assert "no 'ip2p' edits" not in captured.out and "failed:" not in captured.out
-    lines = [line for line in captured.err.splitlines() if "no 'ip2p' edits" in line]
+    assert "the 'ip2p' edits" not in captured.out and "failed:" not in captured.out
+    lines = [line for line in captured.err.splitlines() if "the 'ip2p' edits" in line]
     assert len(lines) == 3, lines  # cad, cad-noca, then the summary
     assert sum(f"/{m}-s0-" in line for line in lines[:2] for m in ("cad", "cad-noca")) == 2
     assert lines[2].startswith("error: 2 of 3 jobs failed (first: ") and lines[2] == captured.err.splitlines()[-1]

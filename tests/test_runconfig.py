@@ -15,9 +15,11 @@ from pllbench import trainer
 from pllbench.artifacts import ArtifactStore
 from pllbench.cli import main
 from pllbench.edits import build_edits, edits_key
-from pllbench.entangle import load_run_method
 from pllbench.errors import PllbenchError
-from pllbench.grid import GridSpec, grid_status, load_grid_file
+from pllbench.extractors import load_run_method
+from pllbench.grid import GridSpec
+from pllbench.grid_file import load_grid_file
+from pllbench.grid_status import grid_status
 from pllbench.method import (
     HP,
     MethodContext,

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from pllbench import views
-from pllbench.views import AUG_OPS, OP, RAND_AUGMENT_OPS, SIGNED_OPS, apply_ops, magnitude_bins
+from pllbench import autoaugment, batch_ops, views
+from pllbench.autoaugment import AUG_OPS, OP, RAND_AUGMENT_OPS, SIGNED_OPS, apply_ops, magnitude_bins
 
 CPU = torch.device("cpu")
 
@@ -66,7 +66,7 @@ def test_magnitude_bins_are_torchvisions():
 @pytest.mark.parametrize("policy", ["CIFAR10", "IMAGENET"])
 def test_auto_augment_op_frequencies_match_the_policy(policy):
     n = 40000
-    op, magnitude = views.auto_augment_params(n, torch.Generator().manual_seed(0), CPU, policy, 32, 32)
+    op, magnitude = autoaugment.auto_augment_params(n, torch.Generator().manual_seed(0), CPU, policy, 32, 32)
     subs = v2.AutoAugment(getattr(v2.AutoAugmentPolicy, policy))._policies
     table = magnitude_bins(10, 32, 32)
     for slot in range(2):
@@ -88,7 +88,7 @@ def test_auto_augment_op_frequencies_match_the_policy(policy):
 
 def test_rand_augment_draws_ops_levels_and_signs_uniformly():
     n = 30000
-    op, magnitude = views.rand_augment_params(n, torch.Generator().manual_seed(1), CPU, 3, 32, 32)
+    op, magnitude = autoaugment.rand_augment_params(n, torch.Generator().manual_seed(1), CPU, 3, 32, 32)
     assert op.shape == (n, 3) and int(op.max()) == len(RAND_AUGMENT_OPS) - 1  # never Invert
     counts = torch.bincount(op.flatten(), minlength=len(RAND_AUGMENT_OPS)).double() / op.numel()
     assert (counts - 1 / 14).abs().max() < 0.01
@@ -176,7 +176,7 @@ def test_subset_and_whole_batch_paths_agree(fn, monkeypatch):
     (no host sync). Both must give the same images."""
     x = structured_images(48, 3, 24, 24, seed=9).float() / 255
     subset = fn(x, torch.Generator().manual_seed(4))
-    monkeypatch.setattr(views, "SUBSET_DEVICES", ())
+    monkeypatch.setattr(batch_ops, "SUBSET_DEVICES", ())
     whole = fn(x, torch.Generator().manual_seed(4))
     assert torch.equal(subset, whole)
 
@@ -213,7 +213,7 @@ def no_host_reads():
         return setitem(self, index, value)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(views, "SUBSET_DEVICES", ())
+        patch.setattr(batch_ops, "SUBSET_DEVICES", ())
         for name in ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__"):
             patch.setattr(torch.Tensor, name, refuse(name))
         patch.setattr(torch, "nonzero", refuse("torch.nonzero"))

@@ -36,8 +36,9 @@ def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots
     import numpy as np
     import torch
 
-    from ..entangle import get_subsets, make_extractor, parse_thresholds, parse_top, teacher_extractor
+    from ..entangle import get_subsets, parse_thresholds, parse_top
     from ..entangle_report import render_report, score_runs, write_plots
+    from ..extractors import make_extractor, teacher_extractor
     from ..prepare import load_data
     from ..presets import resolve_preset
     from ..util import cache_root

@@ -121,7 +121,8 @@ def merged_hp(file_hp: dict, hp_items, epochs: int | None) -> tuple[dict, int | 
 
 def grid_spec(given: GridOptions, required: bool = True):
     """(GridSpec or None when nothing names a grid and `required` is false, launch fields of the grid file)."""
-    from ..grid import GridSpec, load_grid_file, split_datasets
+    from ..grid import GridSpec, split_datasets
+    from ..grid_file import load_grid_file
     from ..method import method_names
 
     if given.preset is not None and not given.preset.strip():
