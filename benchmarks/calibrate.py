@@ -23,7 +23,7 @@ import torch
 
 from pllbench import presets
 from pllbench.data import dataset_class
-from pllbench.method import parse_hp_overrides
+from pllbench.method import get_method, parse_hp_overrides
 from pllbench.prepare import default_device, prepare
 from pllbench.runs import read_curves
 from pllbench.trainer import resolve_run_config, run_id, train_run
@@ -79,8 +79,6 @@ def run(args) -> None:
         preset = register(name)
         for seed in [int(s) for s in args.seeds.split(",")]:
             for method in args.methods.split(","):
-                from pllbench.method import get_method
-
                 source = get_method(method).candidate_source
                 prep = prepare("fmnist", preset, seed, cache=cache, device=device, candidate_seed=0,
                                candidate_source=source, echo=lambda *a: print(*a, flush=True))

@@ -19,8 +19,8 @@ def proden_update(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
 
 @register_method("proden")
 class PRODEN(ClassifierMethod):
-    """PRODEN's loss on a bank initialised to Y/|S|; subclasses change only `bank_update` (CAVL) or when the
-    new rows are committed (RC)."""
+    """PRODEN's loss on a bank initialised to Y/|S|; subclasses change only `bank_update` (CAVL) or which outputs
+    the new rows come from (RC: a post-step forward)."""
 
     summary = "PRODEN (ICML'20): self-training on a candidate-renormalised confidence bank"
     hparams: dict = {}

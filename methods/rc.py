@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from pllbench.losses import soft_cross_entropy
 from pllbench.method import Batch, register_method
 from pllbench.methods.proden import PRODEN
 
@@ -20,6 +21,11 @@ from pllbench.methods.proden import PRODEN
 @register_method("rc")
 class RC(PRODEN):
     summary = "RC (NeurIPS'20): risk-consistent confidence reweighting, targets from a post-step forward"
+
+    def training_step(self, batch: Batch):
+        """PRODEN's loss on the bank; the new rows come from the post-step forward (after_step), so none are made
+        here."""
+        return {"loss": soft_cross_entropy(self.net(batch.views["cls"]), self.bank[batch.index])}
 
     def after_step(self, batch: Batch):
         with torch.no_grad():

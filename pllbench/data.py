@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .dataset import Dataset, DatasetInfo, Split, registered_datasets
-from .errors import PllbenchError, exception_text
+from .errors import PllbenchError
+from .plugins import load_entry_points
 from .util import sha256_array
 
 __all__ = ["Dataset", "DatasetInfo", "ImageData", "Split", "data_root", "dataset_class", "dataset_names",
@@ -42,20 +43,13 @@ def load_datasets() -> None:
     if _datasets_loaded:
         return
     _datasets_loaded = True
-    from importlib.metadata import entry_points
-
     import pllbench.datasets  # noqa: F401  (each module registers its datasets)
 
-    for ep in entry_points(group="pllbench.datasets"):
-        try:
-            ep.load()
-        except PllbenchError:
-            _datasets_loaded = False
-            raise
-        except Exception as exc:
-            _datasets_loaded = False
-            raise PllbenchError(f"the dataset plugin {ep.name} = {ep.value} (entry point pllbench.datasets) failed "
-                                f"to import: {exception_text(exc)}") from exc
+    try:
+        load_entry_points("pllbench.datasets", "dataset")
+    except PllbenchError:
+        _datasets_loaded = False
+        raise
 
 
 def dataset_names() -> list[str]:

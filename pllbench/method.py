@@ -32,6 +32,7 @@ from .hparams import (  # noqa: F401 (the hyperparameter API, used with the meth
     resolve_hparams,
 )
 from .nets import Classifier, SupConNet, build_backbone, ema_update
+from .plugins import load_entry_points
 from .views import ViewMaker
 
 
@@ -275,12 +276,13 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from importlib.metadata import entry_points
+    import pllbench.methods  # noqa: F401  (each module registers its methods)
 
-    import pllbench.methods  # noqa: F401
-
-    for ep in entry_points(group="pllbench.methods"):
-        ep.load()
+    try:
+        load_entry_points("pllbench.methods", "method")
+    except PllbenchError:
+        _plugins_loaded = False
+        raise
 
 
 def method_names() -> list[str]:

@@ -39,9 +39,9 @@ def _number(value) -> float | None:
 
 
 def _percent(value) -> float | None:
-    """A stored accuracy in percent: fractions (as the trainer writes them) × 100; values above 1 are taken as %."""
+    """A stored accuracy (a fraction, as the trainer writes every accuracy) in percent."""
     value = _number(value)
-    return None if value is None else (100 * value if value <= 1 else value)
+    return None if value is None else 100 * value
 
 
 def _method_class(name: str):

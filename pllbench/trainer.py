@@ -148,6 +148,7 @@ class Training:
     selection: dict = field(default_factory=dict)
     start_epoch: int = 0
     rebuilt: bool = False  # the method changed its trained parameters once (VALEN): the optimiser was rebuilt
+    has_projection: bool | None = None  # a trained projection head (collapse diagnostics); probed at the first test
 
     @property
     def cfg(self) -> dict:
@@ -261,9 +262,10 @@ def evaluate_epoch(t: Training, epoch: int, record: dict) -> torch.Tensor:
     with t.autocast:
         test_logits = predict_logits(method.predict, t.test_images, maker)
     record["test_acc"] = float(accuracy(test_logits, t.test_labels))
-    with torch.no_grad():  # eval mode: probing the head changes no state
-        has_projection = method.projections(maker(t.test_images[:2], "base", None)) is not None
-    if has_projection:  # a trained projection head: is it collapsing?
+    if t.has_projection is None:
+        with torch.no_grad():  # eval mode: probing the head changes no state
+            t.has_projection = method.projections(maker(t.test_images[:2], "base", None)) is not None
+    if t.has_projection:  # a trained projection head: is it collapsing?
         with t.autocast:
             record.update(projection_diagnostics(method.projections, t.test_images, maker))
     if t.val_rows is not None:

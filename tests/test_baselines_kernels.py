@@ -322,8 +322,9 @@ def test_rc_bank_takes_the_post_step_outputs():
     before = method.bank.clone()
     batch = make_batch(ctx, torch.tensor([0, 1, 2, 3]), step=0)
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.5)
+    with torch.no_grad():  # PRODEN's rows: the pre-step outputs (train mode: batch statistics, as in the step)
+        pre_step = renormalize(torch.softmax(method.net(batch.views["cls"]), dim=1), batch.candidates)
     loss = method.training_step(batch)["loss"]
-    pre_step = method._new_rows.clone()  # PRODEN's rows: the pre-step outputs
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

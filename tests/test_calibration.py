@@ -104,6 +104,7 @@ def test_status_flags_a_collapsed_projection(smoke_cache, tmp_path, capsys):
 
     runs = tmp_path / "runs"
     final, run_dir, _ = smoke_run("cad", smoke_cache, runs)
+    assert final["projection"]["collapsed"]  # two smoke epochs leave the head as initialised (cosine ≈ 1)
     capsys.readouterr()
     assert main(["status", "--runs", str(runs)]) == 0
     out = capsys.readouterr().out
