@@ -2,7 +2,7 @@
 method's step cost against a plain cross-entropy step beside its image-pass ratio; measured side by side in one run.
 
 Ours: uint8 images on the device, batched views with per-sample draws (pllbench.views), the trainer's make_batch and
-train_step, networks and views channels_last (as the trainer); `--bf16` adds bfloat16 autocast on CUDA, `--compile`
+train_step, networks and views channels_last (as the trainer); `--bf16` adds bfloat16 autocast, `--compile`
 torch.compiles the backbones.
 Reference (as the official code): a torch DataLoader over a Dataset that builds a PIL image per item and applies the
 per-image torchvision transforms of each view (protocols.md §3; RandAugment with its magnitude drawn per image),
@@ -126,7 +126,7 @@ class Pipeline:
         self.epoch = bench_epoch(self.method, data.preset["epochs"])
         self.method.train()
         self.optimizer = torch.optim.SGD(self.method.trainable_parameters(), lr=0.01, momentum=0.9)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # as the trainer
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.counter = PassCounter(self.method)
         self.steps = 0

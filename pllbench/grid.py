@@ -196,7 +196,7 @@ class RunEnv:
     debug: bool = False
     session: str = ""  # one per `pllbench run`: prepared data is reused within it, re-verified by the next
     compile: bool = False  # torch.compile the backbones (trainer.resolve_run_config)
-    bf16: bool = False  # bfloat16 autocast on CUDA (protocols.md §4: off by default)
+    bf16: bool = False  # bfloat16 autocast, CUDA or CPU (protocols.md §4: off by default)
     quiet_failures: bool = False  # a one-job grid: its failure is the command's one `error:` line, not echoed here
 
 

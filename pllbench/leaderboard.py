@@ -11,9 +11,11 @@ says why (failed: <error>, running, interrupted, not run), and a run whose proje
 the average rank over datasets, the gap to the oracle, the stability (std of the last epochs), the cost
 (device-hours = Σ final.json seconds / 3600, peak memory when recorded), and the paper's numbers as rows tagged
 `paper` (pllbench/data/paper_numbers.csv, copied from paper-numbers.md §6), which are never ranked or bolded.
-References (the oracle, the candidate teacher) are printed outside the ranking. Further tables: the entangled-subset
-accuracy per top-p% (entangle.json, written by `pllbench entangle`), the center distance, and paired comparisons
-"vs reference method". The header records the provenance (commits, versions, hardware, candidate hashes, time).
+References (the oracle, the candidate teacher) are printed outside the ranking. Classes a row no longer predicts
+(recall < 10 %) are listed, and a row below 50 % names them in its cell (leaderboard_classes.py). Further tables:
+the entangled-subset accuracy per top-p% (entangle.json, written by `pllbench entangle`), the center distance, and
+paired comparisons "vs reference method". The header records the provenance (commits, versions, hardware,
+candidate hashes, time).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import io
 from pathlib import Path
 
 from . import leaderboard_tables as tables
+from .leaderboard_classes import below_note, board_lost, class_names, lost_table
 from .leaderboard_compare import DEFAULT_COMPARISONS, comparison_table, parse_comparisons  # noqa: F401 (API)
 from .leaderboard_data import (  # noqa: F401 (API)
     Board,
@@ -46,8 +49,12 @@ def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[st
     t.lines += [f"# pllbench leaderboard: preset `{board.preset}`", "", "Provenance:", *tables.provenance(board), ""]
     paper = [row for row in paper_numbers() if row["source"] == "paper" and row["setting"] == "id-cad"]
     stats, notes = cell_stats(board), seed_notes(board)
-    tables.main_table(t, board, stats, notes, paper)
+    lost = board_lost(board)
+    why_low = {key: below_note(stats.loc[key, "mean"], items, class_names(key[1]))
+               for key, items in lost.items() if key in stats.index}
+    tables.main_table(t, board, stats, notes, paper, why_low)
     tables.references_table(t, board, stats, notes)
+    lost_table(t, board, lost)
     tables.entangled_table(t, board, paper)
     tables.center_table(t, board, paper)
     comparison_table(t, board, DEFAULT_COMPARISONS if comparisons is None else comparisons, cache)

@@ -159,11 +159,13 @@ def _gap_text(gaps: list[float], of: int) -> str:
     return f"{sum(gaps) / len(gaps):+.2f}" + ("" if len(gaps) == of else f" ({len(gaps)}/{of})")
 
 
-def _main_row(t: Tables, board: Board, label: str, stats, notes, best, oracle, show) -> list[str]:
+def _main_row(t: Tables, board: Board, label: str, stats, notes, best, oracle, show, why_low) -> list[str]:
     row, gaps = [escape(label), "pllbench"], []
     for column in board.columns:
         cell, cell_notes = _cell(stats, label, column), notes.get((label, column), [])
-        row.append(cell_text(cell, cell_notes, bold=cell is not None and cell["mean"] == best.get(column)))
+        text = cell_text(cell, cell_notes, bold=cell is not None and cell["mean"] == best.get(column))
+        low = why_low.get((label, column), "")
+        row.append(text + (f" · {escape(low)}" if cell is not None and low else ""))
         mean, std, n = (cell["mean"], cell["std"], cell["n"]) if cell is not None else (None, None, None)
         t.record("accuracy", label, "pllbench", column, "test_acc", mean, std, n,
                  cell["seeds"] if cell is not None else "",
@@ -218,7 +220,9 @@ def _paper_rows(t: Tables, board: Board, paper: list[dict], width: int) -> list[
     return rows
 
 
-def main_table(t: Tables, board: Board, stats: pd.DataFrame, notes: dict, paper: list[dict]) -> None:
+def main_table(t: Tables, board: Board, stats: pd.DataFrame, notes: dict, paper: list[dict],
+               why_low: dict[tuple[str, str], str] | None = None) -> None:
+    """why_low: {(row, dataset): text appended to the accuracy cell}, the lost classes of a row below 50 %."""
     labels = board.ranked
     ranked = stats[stats.index.get_level_values("label").isin(labels)]
     best = ranked.groupby(level="dataset_column")["mean"].max().dropna().to_dict()
@@ -233,7 +237,7 @@ def main_table(t: Tables, board: Board, stats: pd.DataFrame, notes: dict, paper:
                    else ""), ""]
     header = ["method", "source", *board.columns, "avg rank"] + (["gap to oracle"] if oracle else []) \
         + (["last-5 std"] if show["stability"] else []) + ["device-h"] + (["peak MB"] if show["peak"] else [])
-    rows = [_main_row(t, board, label, stats, notes, best, oracle, show) for label in labels]
+    rows = [_main_row(t, board, label, stats, notes, best, oracle, show, why_low or {}) for label in labels]
     rows += _paper_rows(t, board, paper, len(header) - 2 - len(board.columns))
     t.table(header, rows)
     if any(r[1] == "paper" for r in rows):

@@ -137,7 +137,8 @@ def _environment(config: dict) -> dict:
     if env.get("gpu"):
         hardware = f"{env['gpu']} ({env.get('device', 'cuda')})"
     elif env:
-        hardware = f"{env.get('cpu') or 'cpu'}, {env.get('threads', '?')} threads"
+        cores = f", {env['cores']} cores" if env.get("cores") else ""
+        hardware = f"{env.get('cpu') or 'cpu'}{cores}, {env.get('threads', '?')} threads"
     else:
         hardware = None
     packages = ", ".join(f"{k} {env[k]}" for k in ("pllbench", "torch", "numpy", "python") if env.get(k))

@@ -112,7 +112,7 @@ class RunConfig:
     hparams: dict
     views: tuple[str, ...]
     val_fraction: float = 0.0
-    bf16: bool = False  # bfloat16 autocast on CUDA (changes the numbers: part of the id when on)
+    bf16: bool = False  # bfloat16 autocast (changes the numbers: part of the id when on)
     compile: bool = False  # torch.compile the backbones (speed only: not part of the id)
     candidate_source: str = CANDIDATE_SOURCE_DEFAULT  # "id", or "oracle" for the reference row
     artifacts: dict | None = field(default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import resource
 import statistics
@@ -37,7 +38,7 @@ def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epo
                        val_fraction: float = 0.0, compile: bool = False, bf16: bool = False) -> dict:
     """The fully resolved config of one run on prepared data (RunConfig.resolve + its artifacts), as config.json
     holds it. `hp_cli`: the --hp overrides (optimisation settings included); `bf16`: autocast the steps to
-    bfloat16 on CUDA (protocols.md §4: an option, off by default); `compile`: torch.compile the method's backbones
+    bfloat16, on CUDA or the CPU (protocols.md §4: an option, off by default); `compile`: torch.compile the method's backbones
     (speed only)."""
     run = RunConfig.resolve(method, prep.dataset_key, prep.preset, seed, overrides=hp_cli, epochs=epochs,
                             val_fraction=val_fraction, candidate_seed=int(prep.candidates.report["seed"]),
@@ -56,9 +57,21 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:
-        env["cpu"] = platform.processor() or platform.machine()
+        env["cpu"] = cpu_name()
+        env["cores"] = os.cpu_count()
         env["threads"] = torch.get_num_threads()
     return env
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; platform.processor() is often empty there), else the machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -194,7 +207,7 @@ def start_training(prep: Prepared, run: RunConfig, run_dir: Path, device: torch.
     method.to(memory_format=torch.channels_last)  # as the views
     if config.get("compile"):
         compile_backbones(method)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bool(config.get("bf16")))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(config.get("bf16")))
     t = Training(run, config, run_dir, device, maker, train_images, data.test.images.to(device),
                  data.test.labels.to(device), cands, train_rows, val_rows, steps, method, None, autocast)
     t.optimizer = t.make_optimizer()

@@ -28,7 +28,7 @@ def smoke_cache(tmp_path_factory):
 
 
 def smoke_run(method: str, cache, runs, seed: int = 0, hp: dict | None = None, dataset: str = "synthetic",
-              epochs: int | None = None, val_fraction: float = 0.0):
+              epochs: int | None = None, val_fraction: float = 0.0, bf16: bool = False):
     """Prepare smoke data and train one method; returns (final, run_dir, prepared)."""
     from pllbench.method import get_method, parse_hp_overrides
     from pllbench.prepare import prepare
@@ -38,7 +38,7 @@ def smoke_run(method: str, cache, runs, seed: int = 0, hp: dict | None = None, d
     prep = prepare(dataset, "smoke", seed, cache=cache, device=device, echo=lambda *_: None,
                    candidate_source=get_method(method).candidate_source)
     items = [f"{k}={v}" for k, v in (hp or {}).items()]
-    config = resolve_run_config(prep, method, seed, parse_hp_overrides(items), epochs, val_fraction)
+    config = resolve_run_config(prep, method, seed, parse_hp_overrides(items), epochs, val_fraction, bf16=bf16)
     run_dir = runs / run_id(config)
     return train_run(prep, config, run_dir, device, progress=False), run_dir, prep
 

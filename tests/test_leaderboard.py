@@ -323,3 +323,46 @@ def test_parse_comparisons():
     assert parse_comparisons("cad-cam:dirk, a:b") == [("cad-cam", "dirk"), ("a", "b")]
     with pytest.raises(PllbenchError, match="ROW:REFERENCE"):
         parse_comparisons("cad-cam")
+
+
+def test_lost_classes_on_constructed_confusions():
+    from pllbench.leaderboard_classes import Lost, lost_classes
+
+    # 3 classes, 2 seeds: class 1 is predicted as 2 on (10 + 8) of its (10 + 10) items (recall 0 and 0.2)
+    seed_a = np.array([[10, 0, 0], [0, 0, 10], [0, 0, 10]])
+    seed_b = np.array([[10, 0, 0], [0, 2, 8], [1, 0, 9]])
+    assert lost_classes(np.stack([seed_a, seed_b]), threshold=0.10) == []  # mean recall 0.1 is not below 0.1
+    (lost,) = lost_classes(np.stack([seed_a, seed_b]), threshold=0.15)
+    assert lost == Lost(cls=1, recall=pytest.approx(0.1), to=2, share=pytest.approx(0.9))
+    assert lost_classes(np.zeros((0, 3, 3))) == []
+
+
+def test_a_row_below_50_names_the_classes_it_lost(tmp_path):
+    root = tmp_path / "runs"
+    y_true = np.arange(200) % 10
+    merged = y_true.copy()
+    merged[np.isin(y_true, [0, 2, 4])] = 6  # T-shirt/top, Pullover, Coat → Shirt
+    merged[np.isin(y_true, [1, 3])] = 5  # and Trouser, Dress lost to Sandal: 5 of 10 classes left, accuracy 50 %
+    merged[y_true == 7] = 7
+    spread = y_true.copy()
+    half = (np.arange(200) // 10) % 2 == 0
+    spread[half] = (y_true[half] + 1) % 10  # every class half wrong, none lost: accuracy 50 %
+    for method, y_pred in (("able", merged), ("cel", spread)):
+        for seed in (0, 1):
+            pred = y_pred.copy()
+            if seed == 1 and method == "able":
+                pred[y_true == 8] = 9  # below 50 % on average
+            if seed == 1 and method == "cel":
+                pred[15] = 0  # one more error: below 50 % on average
+            run_dir = fake_run(root, method, "fmnist", seed, float((pred == y_true).mean()))
+            write_predictions(run_dir, pred, y_true)
+    markdown, table = render(build_boards(root)[0], None, comparisons=[])
+    able = next(line for line in markdown.splitlines() if line.startswith("| able | pllbench"))
+    assert "· below 50: lost T-shirt/top, Pullover, Coat → Shirt; Trouser, Dress → Sandal |" in able
+    cel = next(line for line in markdown.splitlines() if line.startswith("| cel | pllbench"))
+    assert "· below 50: no class lost |" in cel
+    lost = markdown.split("## Lost classes")[1]
+    assert "| able | fmnist | 5 | T-shirt/top (0.0 % recall, 100 % → Shirt);" in lost
+    assert "Bag" not in lost.split("## ")[0]  # lost on one seed of two: mean recall 0.5
+    records = [r for r in csv.DictReader(io.StringIO(table)) if r["table"] == "classes"]
+    assert [(r["row"], r["mean"]) for r in records] == [("able", "5")]

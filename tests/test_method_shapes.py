@@ -58,3 +58,28 @@ def test_one_epoch_on_dataset_shape(method, shape, smoke_cache, tmp_path, monkey
     (record,) = [json.loads(line) for line in (run_dir / "curves.jsonl").read_text().splitlines()]
     losses = {k: v for k, v in record.items() if k.startswith("loss/")}
     assert "loss/loss" in losses and all(math.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_one_bf16_epoch_on_the_cpu(method, smoke_cache, tmp_path, monkeypatch):
+    """`--bf16` autocasts on the CPU too (faster on a core with native bfloat16, benchmarks/cpu_bf16.py): every
+    method's step and evaluation run under it with finite losses."""
+    import torch
+
+    from pllbench import trainer
+
+    seen, step = [], trainer.train_step
+
+    def recording_step(method_, optimizer, batch, autocast):
+        with autocast:
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return step(method_, optimizer, batch, autocast)
+
+    monkeypatch.setattr(trainer, "train_step", recording_step)
+    spec, _, _ = DATASETS["fmnist-like"]
+    final, run_dir, _ = smoke_run(method, smoke_cache, tmp_path / "runs", hp=every_stage_overrides(method),
+                                  dataset=spec, epochs=1, bf16=True)
+    assert json.loads((run_dir / "config.json").read_text())["bf16"] is True and seen and all(seen)
+    assert 0.0 <= final["test_acc"] <= 1.0
+    (record,) = [json.loads(line) for line in (run_dir / "curves.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for k, v in record.items() if k.startswith("loss/"))
