@@ -126,8 +126,9 @@ def report_results(jobs: list, results: list[dict]) -> None:
 @click.option("--no-progress", is_flag=True,
               help="No progress bar (on a terminal) or per-epoch lines (otherwise); the header still prints.")
 @click.option("--compile", "compile_nets", is_flag=True, help="torch.compile the methods' backbones (speed only).")
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast (default fp32; a separate run id); on a CPU only with native "
-              "bfloat16 (avx512_bf16, AMX).")
+@click.option("--bf16", is_flag=True,
+              help="bfloat16 autocast (default fp32; a separate run id); on a CPU only with native bfloat16 "
+                   "(avx512_bf16, AMX).")
 @common_data_options
 @click.pass_context
 def run(ctx, grid: GridOptions, launcher, workers, address, gpus_per_job, cpus_per_job, runs_dir, no_progress,
