@@ -3,6 +3,7 @@ subsets, center distance, plots. Numbers come from leaderboard.cell_stats / seed
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -106,16 +107,31 @@ def duration(seconds: float) -> str:
     return (f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s")
 
 
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of [start, end] intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def time_line(board: Board) -> str:
-    """The grid's measured wall time (earliest attempt start to latest finish) and the summed compute seconds."""
+    """The grid's measured wall time: the union of its runs' attempt intervals (results.busy_intervals), so the
+    pauses of a grid resumed over several sessions are not counted; the span from the first start to the last
+    finish beside it when they differ; and the summed compute seconds."""
     runs = board.runs
     compute = f"{runs['seconds'].fillna(0).sum():,.0f} s summed over the {len(runs)} run folders"
     starts, ends = runs["started_at"].dropna(), runs["finished_at"].dropna()
     if starts.empty or ends.empty or ends.max() < starts.min():
         return f"- Time: compute {compute} (wall time unknown: no attempts.jsonl)"
     timed = int((runs["started_at"].notna()).sum())
-    return (f"- Time: wall **{duration(ends.max() - starts.min())}** (earliest attempt start to latest finish in "
-            f"the attempts.jsonl of {timed} run folders); compute {compute}")
+    intervals = [tuple(pair) for text in runs["busy"].dropna() for pair in json.loads(text)]
+    busy, span = union_seconds(intervals), ends.max() - starts.min()
+    spanned = "" if abs(span - busy) < 60 else f"; first start to last finish {duration(span)}"
+    return (f"- Time: wall **{duration(busy)}** (while at least one run was training: the union of the attempts in "
+            f"the attempts.jsonl of {timed} run folders, {len(intervals)} attempts{spanned}); compute {compute}")
 
 
 def provenance(board: Board) -> list[str]:

@@ -26,7 +26,7 @@ COLUMNS = [
     "method", "label", "reference", "seed", "candidate_hash", "candidate_source", "teacher_hash", "hparams",
     "val_fraction", "bf16", "epochs", "epochs_done", "test_acc", "last5_mean", "last5_std", "center_distance",
     "proj_mean_cos", "proj_eff_rank", "collapsed", "teacher_test_acc", "seconds", "samples_per_sec", "peak_mem_mb",
-    "started_at", "finished_at", "attempts", "final_mtime", "commit", "packages", "torch", "hardware",
+    "started_at", "finished_at", "attempts", "busy", "final_mtime", "commit", "packages", "torch", "hardware",
 ]
 
 
@@ -206,12 +206,34 @@ def _entangled(run: RunFolder) -> dict:
     return out
 
 
+def busy_intervals(events: list[dict], curves: list[dict]) -> list[tuple[float, float]]:
+    """[start, end] of each attempt of a run: its `done` / `failed` event, or, for an attempt that was killed (no
+    such event before the next start), its start plus the seconds of the epochs it finished (curves.jsonl, epochs
+    from its `from_epoch` to the next attempt's); the unfinished epoch it lost is not counted."""
+    timed = sorted((t, e) for e in events if (t := _number(e.get("time"))) is not None)
+    starts = [(i, t, e) for i, (t, e) in enumerate(timed) if e.get("event") == "start"]
+    epoch_seconds = {int(r["epoch"]): _number(r.get("seconds")) or 0.0 for r in curves
+                     if isinstance(r.get("epoch"), int)}
+    out = []
+    for n, (i, start, event) in enumerate(starts):
+        following = starts[n + 1] if n + 1 < len(starts) else None
+        window = timed[i + 1:following[0] if following else len(timed)]
+        end = next((t for t, e in window if e.get("event") in ("done", "failed")), None)
+        if end is None:
+            first = int(_number(event.get("from_epoch")) or 0)
+            last = (int(_number(following[2].get("from_epoch")) or 0) if following
+                    else max(epoch_seconds, default=-1) + 1)
+            end = start + sum(v for k, v in epoch_seconds.items() if first <= k < last)
+        out.append((start, max(start, end)))
+    return out
+
+
 def _attempt_times(run: RunFolder) -> dict:
     events = read_attempts(run.path)
     starts = [t for e in events if e.get("event") == "start" and (t := _number(e.get("time"))) is not None]
     ends = [t for e in events if e.get("event") in ("done", "failed") and (t := _number(e.get("time"))) is not None]
     return {"started_at": min(starts) if starts else None, "finished_at": max(ends) if ends else None,
-            "attempts": len(starts)}
+            "attempts": len(starts), "busy": json.dumps(busy_intervals(events, run.curves))}
 
 
 def run_record(run: RunFolder) -> dict:

@@ -366,3 +366,19 @@ def test_a_row_below_50_names_the_classes_it_lost(tmp_path):
     assert "Bag" not in lost.split("## ")[0]  # lost on one seed of two: mean recall 0.5
     records = [r for r in csv.DictReader(io.StringIO(table)) if r["table"] == "classes"]
     assert [(r["row"], r["mean"]) for r in records] == [("able", "5")]
+
+
+def test_wall_time_leaves_out_the_pause_of_a_grid_resumed_later():
+    from pllbench.leaderboard_tables import union_seconds
+    from pllbench.results import busy_intervals
+
+    curves = [{"epoch": e, "seconds": 100.0} for e in range(5)]
+    # killed after epochs 0-1 (no end event), resumed a day later from epoch 2, done after epochs 2-4
+    events = [{"event": "start", "time": 0.0, "from_epoch": 0},
+              {"event": "start", "time": 86_400.0, "from_epoch": 2},
+              {"event": "done", "time": 86_700.0}]
+    assert busy_intervals(events, curves) == [(0.0, 200.0), (86_400.0, 86_700.0)]
+    assert busy_intervals([{"event": "start", "time": 5.0, "from_epoch": 3}], curves) == [(5.0, 205.0)]
+    assert busy_intervals([], curves) == []
+    # two workers: overlapping runs count once, the pause not at all
+    assert union_seconds([(0.0, 200.0), (100.0, 300.0), (86_400.0, 86_700.0)]) == 600.0
