@@ -27,6 +27,8 @@ from .stats import paired_bootstrap, sign_flip_test
 DEFAULT_COMPARISONS = [("cad-cam", "dirk"), ("cad-cam", "cad-cam-norl"), ("cad-cam", "cad-cam-noca"),
                        ("cad-cam", "cad-cam-noboth")]  # the paper's claim, then its ablation ordering
 N_BOOT = 10000
+FEW_SEEDS = 5  # below this the bootstrap's seed level has at most n^n patterns: its CI and p are flagged
+FEW = "‡"
 HEADER = ["comparison", "dataset", "subset", "items", "Δ (points)", "95% CI", "bootstrap p", "sign-flip p", "n seeds"]
 
 
@@ -153,8 +155,9 @@ def _row(t: Tables, where: tuple[str, str], subset: tuple[str, str, str], ca, cb
                           ("p_bootstrap", result.p), ("p_signflip", p_sign)):
         t.record("comparison", name, "pllbench", column, metric + suffix, value, n=result.n_seeds, seeds=listed,
                  note=note)
+    few = f" {FEW}" if result.n_seeds < FEW_SEEDS else ""
     return [escape(name), column, text, f"{result.n_items:,}", f"{result.delta:+.2f}",
-            f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]", _p(result.p), _p(p_sign), str(result.n_seeds)]
+            f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]{few}", _p(result.p) + few, _p(p_sign), str(result.n_seeds)]
 
 
 def comparison_rows(t: Tables, board: Board, pair: tuple[str, str], column: str, read, cache: Path,
@@ -207,6 +210,11 @@ def comparison_table(t: Tables, board: Board, comparisons: list[tuple[str, str]]
                 "per-seed differences (all 2^n sign patterns; its smallest value is 2/2^n, 0.0625 for 5 seeds). "
                 "Subsets: the entangled top p% of the test split (entangle.json's artifact).", ""]
     t.table(HEADER, rows)
+    if any(row[5].endswith(FEW) for row in rows):
+        t.lines += [f"{FEW} fewer than {FEW_SEEDS} seeds: resampling n seeds with replacement has at most n^n "
+                    "patterns, so the bootstrap under-covers the seed-to-seed variance and its CI is too narrow; the "
+                    "items of one seed are not independent evidence. Read the sign-flip p, and treat the comparison "
+                    "as untested until it has 5 seeds.", ""]
     if why:
         t.lines += ["Not compared: " + "; ".join(f"{reason} [{', '.join(dict.fromkeys(where))}]"
                                             for reason, where in why.items()), ""]

@@ -295,7 +295,7 @@ def test_references_collapse_stability_comparisons_and_wall_time(reference_runs,
     assert "| cad-cam vs dirk | fmnist | top 10% | 40 | +50.00 |" in comparisons
     assert "| cad-cam vs dirk | fmnist | top 1% | 4 | +50.00 |" in comparisons
     row = next(line for line in comparisons.splitlines() if "| all | 200 | +30.00 |" in line)
-    assert row.endswith("| 0.0001 | 0.0625 | 5 |")  # bootstrap p floored at 1/10,000; exact sign-flip p 2/2^5
+    assert row.endswith("| 0.0001 | 0.0625 | 5 |") and "‡" not in comparisons  # bootstrap p floored at 1/10,000; exact sign-flip p 2/2^5
     assert "| cad-cam vs cad-cam-norl | fmnist | all | — | fewer than 2 shared seeds (n=1) |" in comparisons
     records = list(csv.DictReader(io.StringIO(table)))
     delta = next(r for r in records if r["table"] == "comparison" and r["metric"] == "delta_top_10")
@@ -316,6 +316,9 @@ def test_subset_comparisons_say_why_they_are_missing(reference_runs, tmp_path):
     markdown, _ = render(build_boards(reference_runs)[0], None, comparisons=[("dirk", "oracle")],
                          cache=tmp_path / "cache")
     assert "| dirk vs oracle | fmnist | all | 200 | -38.00 |" in markdown and "no entangle.json" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| dirk vs oracle |"))
+    assert row.count("‡") == 2 and row.endswith("| 2 |")  # 2 shared seeds: CI and bootstrap p flagged
+    assert "‡ fewer than 5 seeds" in markdown
     assert "cad-cam vs" not in markdown
 
 
