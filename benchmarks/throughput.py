@@ -23,10 +23,8 @@ single steps (synchronised on CUDA) of every method in round-robin with a plain-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +35,7 @@ from _common import PassCounter, PlainCE, bench_epoch, context, load_bench_data,
 from PIL import Image
 
 from pllbench.method import Batch, get_method, method_names
-from pllbench.trainer import compile_backbones, make_batch, train_step
+from pllbench.trainer import compile_backbones, cpu_name, make_batch, train_step
 from pllbench.util import cache_root
 from pllbench.views import ViewMaker, run_view_maker
 
@@ -262,13 +260,7 @@ def step_ratio_table(args, data, device, variant) -> list[str]:
 def machine(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), {os.cpu_count()} CPUs"
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"CPU: {model}, nproc {os.cpu_count()}, torch threads {torch.get_num_threads()}"
+    return f"CPU: {cpu_name()}, nproc {os.cpu_count()}, torch threads {torch.get_num_threads()}"
 
 
 def main():

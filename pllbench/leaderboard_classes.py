@@ -11,7 +11,6 @@ cell, so the cell says why (or that no class was lost).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -31,17 +30,12 @@ class Lost:
     share: float  # the fraction of its items predicted as `to`
 
 
-def confusions(paths: list[str], num_classes: int, read) -> np.ndarray:
-    """(seeds, K, K) confusion counts [true, predicted] of the runs' final-epoch predictions (unreadable skipped)."""
-    out = []
-    for path in paths:
-        frame = read(path)
-        if frame is None:
-            continue
-        matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-        np.add.at(matrix, (frame["y_true"].to_numpy(), frame["y_pred"].to_numpy()), 1)
-        out.append(matrix)
-    return np.stack(out) if out else np.zeros((0, num_classes, num_classes), dtype=np.int64)
+def confusions(frames: list, num_classes: int) -> np.ndarray:
+    """(seeds, K, K) confusion counts [true, predicted] of the seeds' final-epoch predictions."""
+    out = np.zeros((len(frames), num_classes, num_classes), dtype=np.int64)
+    for seed, frame in enumerate(frames):
+        np.add.at(out[seed], (frame["y_true"].to_numpy(), frame["y_pred"].to_numpy()), 1)
+    return out
 
 
 def lost_classes(confusion: np.ndarray, threshold: float = LOST_RECALL) -> list[Lost]:
@@ -78,15 +72,14 @@ def class_name(names: list[str], k: int) -> str:
 
 def board_lost(board: Board) -> dict[tuple[str, str], list[Lost]]:
     """{(row, dataset): lost classes} for every (row, dataset) with finished runs, references included."""
-    read = lru_cache(maxsize=None)(read_final_predictions)
     out = {}
     for (label, column), done in board.done.groupby(["label", "dataset_column"], sort=False):
-        frames = [read(path) for path in done["path"]]
+        frames = [read_final_predictions(path) for path in done["path"]]
         frames = [f for f in frames if f is not None]
         if not frames:
             continue
         k = int(max(max(f["y_true"].max(), f["y_pred"].max()) for f in frames)) + 1
-        out[(label, column)] = lost_classes(confusions(list(done["path"]), k, read))
+        out[(label, column)] = lost_classes(confusions(frames, k))
     return out
 
 
