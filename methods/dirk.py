@@ -4,7 +4,9 @@ methods.md §3, official code wu-dd/DIRK. `dirk` is λ = 0, `dirk-ref` adds the 
 Deviations [ours]: the queue's empty candidate rows are zeros (the official random normals make empty slots
 spurious positives until the queue first fills); `dirk` keeps the no-grad strong forward through S (so the
 student's BN statistics see strong views as in the official run) but skips the teacher key forward and the
-queues, which have no effect at λ = 0; `ref_forwards=false` also skips the strong forward.
+queues, which have no effect at λ = 0; `ref_forwards=false` also skips the strong forward. Preset `quick` only:
+prot_start = 4 (MoCo for epochs 0-3, official 1), since in 15 epochs a head that starts collapsed can stay collapsed
+under WCL (docs/calibration.md, "Collapse").
 """
 
 from __future__ import annotations
@@ -115,5 +117,8 @@ class DIRKREF(DIRK):
     views = ("cls", "weak", "strong")
     hparams = {**DIRK.hparams, "ref_weight": 1.0}
     family = "dirk"
+    # quick's 15 epochs need a longer MoCo warm-up before WCL, or the head can stay collapsed (docs/calibration.md);
+    # recorded for the family, so plain DIRK's config carries it too, where it has no effect (no REF term)
+    preset_hparams = {"quick": {"prot_start": 4}}
 
 

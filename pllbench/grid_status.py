@@ -101,11 +101,13 @@ def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float
         lines.append(f"  failed      {name} (before training): {error}")
     for r in status.corrupt:
         lines.append(f"  corrupt     {r.rel}: {r.corrupt}")
-    for r in status.done:  # finished, but its projection head collapsed (issue #13: mean cosine > 0.99)
+    for r in status.done:  # finished, but its projection head collapsed (issue #13: results.projection_collapsed)
         projection = (r.final or {}).get("projection") or {}
         if projection.get("collapsed"):
-            lines.append(f"  collapsed   {r.rel}: projection mean cosine {projection['mean_cos']:.4f}, effective rank "
-                         f"{projection['eff_rank']:.2f} (docs/calibration.md)")
+            spent = (f", above 0.99 in {projection['collapsed_epochs']} of {projection['epochs']} epochs"
+                     if "collapsed_epochs" in projection else "")
+            lines.append(f"  collapsed   {r.rel}: projection mean cosine {projection['mean_cos']:.4f} at the end"
+                         f"{spent}, effective rank {projection['eff_rank']:.2f} (docs/calibration.md)")
     measured = [c["samples_per_sec"] for r in status.done + status.running + status.incomplete + status.failed
                 for c in r.curves if isinstance(c.get("samples_per_sec"), (int, float))]
     if measured:

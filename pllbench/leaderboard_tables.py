@@ -263,8 +263,8 @@ def main_table(t: Tables, board: Board, stats: pd.DataFrame, notes: dict, paper:
                                       f"`{board.preset}`") + ". `—`: no reference number.", ""]
     if ranked["collapsed"].astype(int).sum():
         t.lines += [f"{COLLAPSED}: the run's projection collapsed (mean pairwise cosine of the L2-normalised test "
-                    "projections > 0.99 at the final epoch, curves.jsonl `proj/mean_cos`); `k/n` when k of the n "
-                    "seeds did.", ""]
+                    "projections, curves.jsonl `proj/mean_cos`, above 0.99 at the final epoch or in at least half the "
+                    "epochs); `k/n` when k of the n seeds did.", ""]
 
 
 def references_table(t: Tables, board: Board, stats: pd.DataFrame, notes: dict) -> None:

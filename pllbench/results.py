@@ -17,7 +17,7 @@ import pandas as pd
 from .runs import RunFolder, read_attempts, scan
 
 ACC_TOP = "acc_top_"  # entangled-subset accuracy columns: acc_top_<p>@<split>/<extractor>
-COLLAPSE_COS = 0.99  # a projection whose mean pairwise cosine exceeds this at the final epoch has collapsed
+COLLAPSE_COSINE = 0.99  # a mean pairwise cosine of the test projections above this is a collapsed head (issue #13)
 LAST_EPOCHS = 5  # stability: the std of the test accuracy over the last this-many epochs
 STATE_NAMES = {"incomplete": "interrupted"}  # runs.RunFolder.state → the frame's state (done, running, failed,
 # interrupted, new, corrupt)
@@ -167,19 +167,35 @@ def _identity(run: RunFolder) -> dict:
             "epochs": run.epochs, "epochs_done": run.epochs_done}
 
 
+def projection_collapsed(cosines: list[float]) -> bool:
+    """A run's projection collapsed when its mean cosine ends above COLLAPSE_COSINE, or stays above it for at least
+    half the epochs: a head that escapes late (seed 2 of CAD-CAM on quick: 11 of 15 epochs) trains for too few."""
+    if not cosines:
+        return False
+    return cosines[-1] > COLLAPSE_COSINE or 2 * collapsed_epochs(cosines) >= len(cosines)
+
+
+def collapsed_epochs(cosines: list[float]) -> int:
+    """The epochs whose mean cosine is above COLLAPSE_COSINE."""
+    return sum(c > COLLAPSE_COSINE for c in cosines)
+
+
 def _curve_metrics(curves: list[dict], final: dict | None) -> dict:
-    """The last epochs' accuracy (mean, sample std) and the projection diagnostics of the last curves.jsonl record
-    (else final.json's `projection`)."""
+    """The last epochs' accuracy (mean, sample std), the last curves.jsonl record's projection diagnostics and the
+    collapse flag over every epoch's cosine (else final.json's `projection`)."""
     accs = [a for a in (_percent(r.get("test_acc")) for r in curves) if a is not None][-LAST_EPOCHS:]
+    cosines = [c for c in (_number(r.get("proj/mean_cos")) for r in curves) if c is not None]
     last = curves[-1] if curves else {}
-    if "proj/mean_cos" not in last:
+    if "proj/mean_cos" in last:
+        collapsed = projection_collapsed(cosines)
+    else:
         projection = (final or {}).get("projection")
         last = {f"proj/{k}": v for k, v in projection.items()} if isinstance(projection, dict) else {}
-    cos = _number(last.get("proj/mean_cos"))
+        collapsed = bool(last.get("proj/collapsed"))
     return {"last5_mean": statistics.mean(accs) if accs else None,
             "last5_std": statistics.stdev(accs) if len(accs) > 1 else None,
-            "proj_mean_cos": cos, "proj_eff_rank": _number(last.get("proj/eff_rank")),
-            "collapsed": cos is not None and cos > COLLAPSE_COS}
+            "proj_mean_cos": _number(last.get("proj/mean_cos")), "proj_eff_rank": _number(last.get("proj/eff_rank")),
+            "collapsed": collapsed}
 
 
 def _final_metrics(run: RunFolder) -> dict:

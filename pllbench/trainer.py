@@ -22,6 +22,7 @@ from .evaluate import accuracy, approximated_accuracy, covering_rate, predict_lo
 from .method import Batch, Method, MethodContext, ViewBatch, get_method
 from .prepare import Prepared
 from .presets import lr_at
+from .results import collapsed_epochs, projection_collapsed
 from .run_files import load_checkpoint, save_checkpoint, torch_bytes, write_curves, write_predictions
 from .run_messages import epoch_line, run_header, stderr_line, wall_time_line
 from .runconfig import RunConfig
@@ -92,16 +93,16 @@ def throughput_summary(curves: list[dict]) -> dict:
             "peak_mem_mb": max(r["peak_mem_mb"] for r in timed)}
 
 
-COLLAPSE_COSINE = 0.99  # a final mean pairwise cosine above this marks a collapsed projection (issue #13)
-
-
 def collapse_summary(curves: list[dict]) -> dict:
-    """final.json's projection record: the last epoch's diagnostics and the collapse flag (empty without a head)."""
-    last = curves[-1] if curves else {}
-    if "proj/mean_cos" not in last:
+    """final.json's projection record: the last epoch's diagnostics, how many epochs the head spent collapsed, and
+    the collapse flag (results.projection_collapsed); empty without a head."""
+    cosines = [r["proj/mean_cos"] for r in curves if "proj/mean_cos" in r]
+    if not curves or "proj/mean_cos" not in curves[-1]:
         return {}
+    last = curves[-1]
     return {"projection": {"mean_cos": last["proj/mean_cos"], "eff_rank": last["proj/eff_rank"],
-                           "collapsed": last["proj/mean_cos"] > COLLAPSE_COSINE}}
+                           "collapsed_epochs": collapsed_epochs(cosines), "epochs": len(cosines),
+                           "collapsed": projection_collapsed(cosines)}}
 
 
 def compile_backbones(method: torch.nn.Module) -> None:

@@ -14,7 +14,7 @@ from conftest import smoke_run
 from pllbench import presets
 from pllbench.evaluate import effective_rank, mean_pairwise_cosine
 from pllbench.losses import contrastive_chance, moco_chance, moco_loss, weighted_contrastive_loss
-from pllbench.trainer import COLLAPSE_COSINE
+from pllbench.results import collapsed_epochs, projection_collapsed
 
 
 def curves(run_dir):
@@ -64,10 +64,22 @@ def test_projection_methods_log_diagnostics_and_chance(smoke_cache, tmp_path):
         last = curves(run_dir)[-1]
         assert -1.0 <= last["proj/mean_cos"] <= 1.0 and last["proj/eff_rank"] >= 1.0
         assert f"loss/chance/{term}" in last and last[f"loss/chance/{term}"] > 0
-        assert final["projection"]["collapsed"] == (last["proj/mean_cos"] > COLLAPSE_COSINE)
+        cosines = [r["proj/mean_cos"] for r in curves(run_dir)]
+        assert final["projection"]["collapsed"] == projection_collapsed(cosines)
+        assert final["projection"]["collapsed_epochs"] == collapsed_epochs(cosines)
     for method in ("dirk", "proden", "cad-norl"):  # no trained projection head: no diagnostics
         final, run_dir, _ = smoke_run(method, smoke_cache, tmp_path / "runs")
         assert "proj/mean_cos" not in curves(run_dir)[-1] and "projection" not in final
+
+
+def test_collapse_reads_every_epoch_not_only_the_last():
+    escaped_early = [1.0, 0.996, 0.667, 0.52, 0.44, 0.33, 0.33, 0.20, 0.17, 0.17]  # CAD-CAM seed 0, quick
+    escaped_late = [1.0] * 5 + [0.999, 0.995, 0.98, 0.96, 0.95]  # above 0.99 in 7 of 10 epochs, 0.95 at the end
+    assert not projection_collapsed(escaped_early) and collapsed_epochs(escaped_early) == 2
+    assert projection_collapsed(escaped_late) and collapsed_epochs(escaped_late) == 7
+    assert projection_collapsed([0.5, 0.4, 0.995])  # collapsed at the end
+    assert projection_collapsed([1.0, 0.5]) and not projection_collapsed([1.0, 0.5, 0.4])  # half the epochs
+    assert not projection_collapsed([])
 
 
 def test_rc_has_its_own_target_update(smoke_cache, tmp_path):

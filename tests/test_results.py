@@ -77,6 +77,17 @@ def test_projection_from_final_json_when_curves_lack_it(tmp_path):
     assert row.collapsed and row.proj_eff_rank == pytest.approx(1.2)
 
 
+def test_a_late_escape_is_flagged_collapsed(tmp_path):
+    """The frame reads the cosine of every epoch: 0.95 at the end after six epochs above 0.99 is collapsed."""
+    run_dir = fake_run(tmp_path / "runs", "dirk", "fmnist", 0, 0.5, epochs=10)
+    records = [json.loads(line) for line in (run_dir / "curves.jsonl").read_text().splitlines()]
+    cosines = [1.0] * 6 + [0.95] * 4
+    (run_dir / "curves.jsonl").write_text("".join(json.dumps({**r, "proj/mean_cos": c, "proj/eff_rank": 2.0}) + "\n"
+                                                  for r, c in zip(records, cosines)))
+    (row,) = load_runs(tmp_path / "runs").itertuples()
+    assert row.collapsed and row.proj_mean_cos == pytest.approx(0.95)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_export(runs, tmp_path, fmt, capsys):
     out = tmp_path / "out" / f"runs.{fmt}"
