@@ -44,6 +44,10 @@ class CADCAM(CAD):
     def open_edit_source(self):
         return None  # edits are made online from the teacher
 
+    @classmethod
+    def ensure_artifacts(cls, hp: dict, request) -> None:
+        """No stored edits to make (CAD's reads its `editor`, which CAD-CAM does not declare)."""
+
     def edits(self, batch: Batch):
         x_base = batch.views["base"]
         owner, label = batch.candidates.nonzero(as_tuple=True)

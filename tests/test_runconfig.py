@@ -209,6 +209,18 @@ def test_per_preset_overrides_live_in_the_method_files_with_the_same_values():
     assert all(set(p["method_hparams"]) <= {"*"} for p in presets.PRESETS.values())  # nothing method-specific
 
 
+def test_every_method_ensures_its_artifacts_with_its_own_preset_hparams(tmp_path):
+    """The grid calls ensure_artifacts before training; quick's CAD-family table entry must not break CAD-CAM."""
+    from pllbench.method import ArtifactRequest, registered_methods
+
+    for preset, dataset in (("quick", "fmnist"), ("smoke", "synthetic")):
+        cfg = resolve_preset(preset, dataset)
+        for cls in registered_methods():
+            hp = resolve_hparams(cls, dataset, method_overrides(cfg, cls.name, cls.family), {})
+            cls.ensure_artifacts(hp, ArtifactRequest(dataset, preset, 0, "c0", tmp_path, torch.device("cpu"),
+                                                     echo=lambda line: None))
+
+
 def test_status_tells_bf16_and_candidate_seeds_apart(capsys, smoke_cache, tmp_path):
     """run_signature left out bf16 and the candidate seed: `status` counted a bf16 run, or a run on other candidates,
     as the job's."""
