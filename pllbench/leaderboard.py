@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import csv
 import io
+from functools import lru_cache
 from pathlib import Path
 
 from . import leaderboard_tables as tables
 from .leaderboard_classes import below_note, board_lost, class_names, lost_table
-from .leaderboard_compare import DEFAULT_COMPARISONS, comparison_table, parse_comparisons  # noqa: F401 (API)
+from .leaderboard_compare import (  # noqa: F401 (API)
+    DEFAULT_COMPARISONS,
+    comparison_table,
+    parse_comparisons,
+    read_final_predictions,
+)
 from .leaderboard_data import (  # noqa: F401 (API)
     Board,
     average_ranks,
@@ -49,7 +55,8 @@ def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[st
     t.lines += [f"# pllbench leaderboard: preset `{board.preset}`", "", "Provenance:", *tables.provenance(board), ""]
     paper = [row for row in paper_numbers() if row["source"] == "paper" and row["setting"] == "id-cad"]
     stats, notes = cell_stats(board), seed_notes(board)
-    lost = board_lost(board)
+    read = lru_cache(maxsize=None)(read_final_predictions)  # one read of each run's predictions per render
+    lost = board_lost(board, read)
     why_low = {key: below_note(stats.loc[key, "mean"], items, class_names(key[1]))
                for key, items in lost.items() if key in stats.index}
     tables.main_table(t, board, stats, notes, paper, why_low)
@@ -57,7 +64,7 @@ def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[st
     lost_table(t, board, lost)
     tables.entangled_table(t, board, paper)
     tables.center_table(t, board, paper)
-    comparison_table(t, board, DEFAULT_COMPARISONS if comparisons is None else comparisons, cache)
+    comparison_table(t, board, DEFAULT_COMPARISONS if comparisons is None else comparisons, cache, read)
     if out_dir is not None:
         tables.plot_links(t, board, out_dir)
     buffer = io.StringIO()

@@ -70,11 +70,12 @@ def class_name(names: list[str], k: int) -> str:
     return names[k] if k < len(names) else f"class {k}"
 
 
-def board_lost(board: Board) -> dict[tuple[str, str], list[Lost]]:
-    """{(row, dataset): lost classes} for every (row, dataset) with finished runs, references included."""
+def board_lost(board: Board, read=read_final_predictions) -> dict[tuple[str, str], list[Lost]]:
+    """{(row, dataset): lost classes} for every (row, dataset) with finished runs, references included; `read`
+    loads a run folder's final-epoch predictions (leaderboard.render shares one cached reader)."""
     out = {}
     for (label, column), done in board.done.groupby(["label", "dataset_column"], sort=False):
-        frames = [read_final_predictions(path) for path in done["path"]]
+        frames = [read(path) for path in done["path"]]
         frames = [f for f in frames if f is not None]
         if not frames:
             continue

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -188,12 +187,13 @@ def comparison_rows(t: Tables, board: Board, pair: tuple[str, str], column: str,
     return rows
 
 
-def comparison_table(t: Tables, board: Board, comparisons: list[tuple[str, str]], cache: Path | None) -> None:
-    """The table, for the comparisons whose two rows both have runs on a dataset of the board."""
+def comparison_table(t: Tables, board: Board, comparisons: list[tuple[str, str]], cache: Path | None,
+                     read=read_final_predictions) -> None:
+    """The table, for the comparisons whose two rows both have runs on a dataset of the board; `read` loads a run
+    folder's final-epoch predictions (leaderboard.render passes one cached reader)."""
     from .util import cache_root
 
     cache = cache_root(cache)
-    read = lru_cache(maxsize=None)(read_final_predictions)
     rows, why = [], {}
     for a, b in comparisons:
         for column in board.columns:
