@@ -35,7 +35,7 @@ class CADCAM(CAD):
     views = ("base", "cls")
     hparams = {**{k: v for k, v in CAD.hparams.items() if k not in ("editor", "edits")},  # CAD's declarations
                "eps": HP(0.2, "brightness kept outside the teacher's class activation map", low=0, high=1)}
-    preset_hparams = {}  # the family's (CAD's) apply: quick's prot_start; its editor keys are not declared here
+    preset_hparams = {}  # the family's (CAD's) apply: quick's teacher_init; its editor keys are not declared here
 
     @classmethod
     def run_label(cls, hp: dict) -> str:

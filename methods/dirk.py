@@ -4,9 +4,10 @@ methods.md §3, official code wu-dd/DIRK. `dirk` is λ = 0, `dirk-ref` adds the 
 Deviations [ours]: the queue's empty candidate rows are zeros (the official random normals make empty slots
 spurious positives until the queue first fills); `dirk` keeps the no-grad strong forward through S (so the
 student's BN statistics see strong views as in the official run) but skips the teacher key forward and the
-queues, which have no effect at λ = 0; `ref_forwards=false` also skips the strong forward. Preset `quick` only:
-prot_start = 4 (MoCo for epochs 0-3, official 1), since in 15 epochs a head that starts collapsed can stay collapsed
-under WCL (docs/calibration.md, "Collapse").
+queues, which have no effect at λ = 0; `ref_forwards=false` also skips the strong forward. Preset `quick` only: the
+EMA teacher starts as a copy of the student (`teacher_init=student`; official: its own random initialisation), for
+DIRK and DIRK-REF alike (and the CAD family), since with a separately initialised teacher DIRK-REF's projection head
+can stay collapsed for most of quick's 15 epochs (docs/calibration.md, "Collapse").
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def ref_mask(cands_anchor, cands_all, dist_anchor, dist_all) -> torch.Tensor:
 class DIRK(EMATeacherMethod):
     summary = "DIRK (AAAI'24): EMA teacher, rectified confidences distilled by cross-entropy"
     views = ("cls", "strong")
+    # quick's teacher starts as the student, or DIRK-REF's head can stay collapsed for most of 15 epochs
+    # (docs/calibration.md); plain DIRK shares it so the family (and CAD, a DIRK fork) keeps one teacher shell
+    preset_hparams = {"quick": {"teacher_init": "student"}}
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
         "ref_weight": HP(0.0, "weight λ of the weighted contrastive REF term (0: plain DIRK, no queues, no key "
                               "forwards)", low=0),
@@ -62,6 +66,7 @@ class DIRK(EMATeacherMethod):
                          note=">= batch"),
         "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
         "ref_forwards": HP(True, "at λ = 0, keep the no-grad strong forward that moves the student's BN statistics"),
+        "teacher_init": EMATeacherMethod.teacher_init_hp,
     }
 
     @classmethod
@@ -117,8 +122,5 @@ class DIRKREF(DIRK):
     views = ("cls", "weak", "strong")
     hparams = {**DIRK.hparams, "ref_weight": 1.0}
     family = "dirk"
-    # quick's 15 epochs need a longer MoCo warm-up before WCL, or the head can stay collapsed (docs/calibration.md);
-    # recorded for the family, so plain DIRK's config carries it too, where it has no effect (no REF term)
-    preset_hparams = {"quick": {"prot_start": 4}}
 
 

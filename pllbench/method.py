@@ -221,13 +221,20 @@ class ClassifierMethod(Method):
 
 
 class EMATeacherMethod(Method):
-    """The student/EMA-teacher shell (DIRK, CAD): two separately initialised SupConNets, the teacher frozen and
-    updated by EMA (`hp["ema"]`) after every step; the student predicts and embeds."""
+    """The student/EMA-teacher shell (DIRK, CAD): two SupConNets, the teacher frozen and updated by EMA
+    (`hp["ema"]`) after every step; the student predicts and embeds. The teacher starts from its own random
+    initialisation (`teacher_init="separate"`, official) or as a copy of the student (`"student"`, as MoCo's and
+    PiCO's key encoders do)."""
+
+    teacher_init_hp = HP("separate", "the EMA teacher's start: its own random initialisation (official) or a copy of "
+                                     "the student's", choices=("separate", "student"))
 
     def __init__(self, ctx: MethodContext, hp: dict):
         super().__init__(ctx, hp)
         self.student = ctx.supcon_net()
-        self.teacher = ctx.supcon_net()  # initialised separately, not copied [official]
+        self.teacher = ctx.supcon_net()
+        if hp["teacher_init"] == "student":
+            self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 

@@ -190,3 +190,14 @@ def test_run_makes_missing_edits_on_demand(smoke_cache, tmp_path, capsys):
     assert final["label"] == "cad[tiny-ip2p]"
     assert cli_main([*args, "--seeds", "0", "--hp", "cad.align_weight=1.0"]) == 0  # another run, same candidates
     assert "making the" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["cad-cam", "dirk-ref"])
+def test_teacher_starts_separate_or_as_the_student(name, smoke_cache):
+    """teacher_init=separate (official) draws the teacher's own weights; =student copies the student's (quick)."""
+    for init, same in (("separate", False), ("student", True)):
+        method, _ = _method_and_batch(name, smoke_cache, {"teacher_init": init})
+        teacher, student = method.teacher.state_dict(), method.student.state_dict()
+        assert teacher.keys() == student.keys()
+        assert all(torch.equal(teacher[k], student[k]) for k in teacher) == same
+        assert not any(p.requires_grad for p in method.teacher.parameters())

@@ -49,6 +49,8 @@ def _prep(cache, seed, candidate_seed=None, source="id"):
 
 
 def _random_value(spec: HP, rng: random.Random):
+    if spec.choices is not None:
+        return rng.choice(spec.choices)
     if isinstance(spec.default, bool):
         return not spec.default
     if isinstance(spec.default, int):
@@ -177,10 +179,10 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
         assert config["preset"]["method_hparams"] == {
             "*": {"queue_size": 128}, "cel": {"dim": 16, "heads": 2, "ffn": 32, "warmup_epochs": 1},
             "valen": {"warmup_epochs": 1, "decoder_dim": 768}, "cad": {"editor": "identity"}}
-    assert resolve_preset("quick", "fmnist")["method_hparams"] == {  # quick's ids changed once, with prot_start
+    assert resolve_preset("quick", "fmnist")["method_hparams"] == {  # quick's ids changed once, with teacher_init
         "*": {"queue_size": 2048}, "cel": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
-        "valen": {"warmup_epochs": 2, "decoder_dim": 784}, "cad": {"editor": "identity", "prot_start": 4},
-        "dirk": {"prot_start": 4}}
+        "valen": {"warmup_epochs": 2, "decoder_dim": 784}, "cad": {"editor": "identity", "teacher_init": "student"},
+        "dirk": {"teacher_init": "student"}}
     assert resolve_preset("paper", "cifar10")["method_hparams"] == {}
     assert trainer.run_id(trainer.resolve_run_config(prep, "dirk", 0, {}, bf16=True)) != trainer.run_id(
         trainer.resolve_run_config(prep, "dirk", 0, {}))
@@ -189,10 +191,11 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
 def test_per_preset_overrides_live_in_the_method_files_with_the_same_values():
     expected = {("quick", "cel"): {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
                 ("quick", "valen"): {"warmup_epochs": 2, "decoder_dim": 784},
-                ("quick", "cad"): {"editor": "identity", "prot_start": 4},
+                ("quick", "cad"): {"editor": "identity", "teacher_init": "student"},
                 ("quick", "cad-norl"): {"editor": "identity"},
-                ("quick", "cad-cam"): {"prot_start": 4}, ("quick", "cad-cam-noca"): {"prot_start": 4},
-                ("quick", "dirk-ref"): {"prot_start": 4}, ("quick", "pico"): {"prot_start": 1},
+                ("quick", "cad-cam"): {"teacher_init": "student", "prot_start": 1},
+                ("quick", "cad-cam-noca"): {"teacher_init": "student"}, ("quick", "dirk"): {"teacher_init": "student"},
+                ("quick", "dirk-ref"): {"teacher_init": "student"}, ("smoke", "dirk"): {"teacher_init": "separate"},
                 ("smoke", "cel"): {"dim": 16, "heads": 2, "ffn": 32, "warmup_epochs": 1},
                 ("smoke", "valen"): {"warmup_epochs": 1, "decoder_dim": 768}}
     for (preset, method), values in expected.items():
