@@ -83,7 +83,7 @@ class CAD(EMATeacherMethod):
         "ema": HP(0.99, "EMA momentum m of the teacher, updated after every step", low=0, high=1, high_open=True),
         "queue_size": HP(4096, "rows Q of the edit key, logit and class queues", low=1, note=">= edits per batch"),
         "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
-        "teacher_init": EMATeacherMethod.teacher_init_hp,
+        **EMATeacherMethod.hparams,  # the shell's own (teacher_init)
     }
     # the CPU presets train with the identity editor (a control, labelled cad[identity]; see `pllbench augment`);
     # quick's teacher starts as the student, or the head can stay collapsed for most of 15 epochs (calibration.md)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pllbench.method import HP, Batch, register_method
+from pllbench.method import HP, ArtifactRequest, Batch, register_method
 
 from .cad import CAD, register_ablations
 
@@ -45,7 +45,7 @@ class CADCAM(CAD):
         return None  # edits are made online from the teacher
 
     @classmethod
-    def ensure_artifacts(cls, hp: dict, request) -> None:
+    def ensure_artifacts(cls, hp: dict, request: ArtifactRequest) -> None:
         """No stored edits to make (CAD's reads its `editor`, which CAD-CAM does not declare)."""
 
     def edits(self, batch: Batch):

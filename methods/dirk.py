@@ -66,7 +66,7 @@ class DIRK(EMATeacherMethod):
                          note=">= batch"),
         "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
         "ref_forwards": HP(True, "at λ = 0, keep the no-grad strong forward that moves the student's BN statistics"),
-        "teacher_init": EMATeacherMethod.teacher_init_hp,
+        **EMATeacherMethod.hparams,  # the shell's own (teacher_init)
     }
 
     @classmethod

@@ -226,8 +226,8 @@ class EMATeacherMethod(Method):
     initialisation (`teacher_init="separate"`, official) or as a copy of the student (`"student"`, as MoCo's and
     PiCO's key encoders do)."""
 
-    teacher_init_hp = HP("separate", "the EMA teacher's start: its own random initialisation (official) or a copy of "
-                                     "the student's", choices=("separate", "student"))
+    hparams = {"teacher_init": HP("separate", "the EMA teacher's start: its own random initialisation (official) or "
+                                              "a copy of the student's", choices=("separate", "student"))}
 
     def __init__(self, ctx: MethodContext, hp: dict):
         super().__init__(ctx, hp)

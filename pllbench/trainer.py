@@ -96,10 +96,10 @@ def throughput_summary(curves: list[dict]) -> dict:
 def collapse_summary(curves: list[dict]) -> dict:
     """final.json's projection record: the last epoch's diagnostics, how many epochs the head spent collapsed, and
     the collapse flag (results.projection_collapsed); empty without a head."""
-    cosines = [r["proj/mean_cos"] for r in curves if "proj/mean_cos" in r]
     if not curves or "proj/mean_cos" not in curves[-1]:
         return {}
     last = curves[-1]
+    cosines = [r["proj/mean_cos"] for r in curves if "proj/mean_cos" in r]
     return {"projection": {"mean_cos": last["proj/mean_cos"], "eff_rank": last["proj/eff_rank"],
                            "collapsed_epochs": collapsed_epochs(cosines), "epochs": len(cosines),
                            "collapsed": projection_collapsed(cosines)}}
