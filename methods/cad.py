@@ -80,10 +80,9 @@ class CAD(EMATeacherMethod):
         "tau": HP(0.12, "temperature τ of the alignment term (WCL; MoCo before prot_start)", low=0, low_open=True),
         "tau_d": HP(0.1, "temperature τ_d of the WCL weights (cosine of the teacher's logits on the edits)", low=0,
                     low_open=True),
-        "ema": HP(0.99, "EMA momentum m of the teacher, updated after every step", low=0, high=1, high_open=True),
         "queue_size": HP(4096, "rows Q of the edit key, logit and class queues", low=1, note=">= edits per batch"),
         "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
-        **EMATeacherMethod.hparams,  # the shell's own (teacher_init)
+        **EMATeacherMethod.hparams,  # the shell's own (ema, teacher_init)
     }
     # the CPU presets train with the identity editor (a control, labelled cad[identity]; see `pllbench augment`);
     # quick's teacher starts as the student, or the head can stay collapsed for most of 15 epochs (calibration.md)

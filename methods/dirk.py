@@ -61,12 +61,11 @@ class DIRK(EMATeacherMethod):
         "tau": HP(0.07, "temperature τ of the REF term (WCL; MoCo before prot_start)", low=0, low_open=True),
         "tau_d": HP(0.4, "temperature τ_d of the WCL positive weights (cosine of the rectified confidences)",
                     low=0, low_open=True),
-        "ema": HP(0.99, "EMA momentum m of the teacher, updated after every step", low=0, high=1, high_open=True),
         "queue_size": HP(4096, "rows Q of the key, confidence and candidate queues (REF only)", low=1,
                          note=">= batch"),
         "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
         "ref_forwards": HP(True, "at λ = 0, keep the no-grad strong forward that moves the student's BN statistics"),
-        **EMATeacherMethod.hparams,  # the shell's own (teacher_init)
+        **EMATeacherMethod.hparams,  # the shell's own (ema, teacher_init)
     }
 
     @classmethod

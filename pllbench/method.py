@@ -226,8 +226,11 @@ class EMATeacherMethod(Method):
     initialisation (`teacher_init="separate"`, official) or as a copy of the student (`"student"`, as MoCo's and
     PiCO's key encoders do)."""
 
-    hparams = {"teacher_init": HP("separate", "the EMA teacher's start: its own random initialisation (official) or "
-                                              "a copy of the student's", choices=("separate", "student"))}
+    hparams = {
+        "ema": HP(0.99, "EMA momentum m of the teacher, updated after every step", low=0, high=1, high_open=True),
+        "teacher_init": HP("separate", "the EMA teacher's start: its own random initialisation (official) or a copy "
+                                       "of the student's", choices=("separate", "student")),
+    }
 
     def __init__(self, ctx: MethodContext, hp: dict):
         super().__init__(ctx, hp)
