@@ -75,11 +75,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this run's peak at the current usage. A grid worker trains run after run in one process, so without
+    the reset a cheap run would report the peak of an expensive one before it. On the CPU this resets the
+    process's peak resident set (Linux: writing 5 to /proc/self/clear_refs resets VmHWM); elsewhere it cannot be
+    reset and the process peak stands."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_kib() -> int:
+    """The process's peak resident set since its last reset (VmHWM), else since it started (ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this run so far: allocated CUDA memory, else the process's peak resident set."""
+    """Peak memory of this run so far (from `reset_peak_memory`): allocated CUDA memory, else the resident set."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)  # KiB on Linux
+    return round(_peak_rss_kib() / 2**10, 1)
 
 
 def throughput_summary(curves: list[dict]) -> dict:
@@ -188,10 +213,8 @@ def start_training(prep: Prepared, run: RunConfig, run_dir: Path, device: torch.
     """Data on the device, the method built from its seed, the optimiser, and the last checkpoint if any."""
     config = run.to_json()
     cfg, seed = config["preset"], config["seed"]
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
+    reset_peak_memory(device)
+    if device.type != "cuda":
         torch.use_deterministic_algorithms(True)
     data, info = prep.data, prep.data.info
     maker = run_view_maker(info, cfg, channels_last=True)  # NHWC convolutions, BN and pooling: faster on CPU and GPU

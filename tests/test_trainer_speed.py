@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import smoke_run
@@ -11,7 +13,15 @@ from test_views_batched import no_host_reads
 
 from pllbench.method import MethodContext, get_method, parse_hp_overrides
 from pllbench.prepare import prepare
-from pllbench.trainer import compile_backbones, make_batch, resolve_run_config, run_id, train_step
+from pllbench.trainer import (
+    compile_backbones,
+    make_batch,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_run_config,
+    run_id,
+    train_step,
+)
 from pllbench.views import ViewMaker
 
 
@@ -71,3 +81,15 @@ def test_compiled_backbones_match_eager(smoke_cache):
     compile_backbones(method)
     assert list(method.state_dict()) == keys
     assert torch.allclose(method.predict(x), eager, atol=1e-4)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_peak_memory_restarts_at_each_run_in_one_process():
+    """A grid worker trains run after run in one process: a run's peak must not be an earlier run's."""
+    cpu = torch.device("cpu")
+    big = np.ones(400 * 2**20 // 8)  # 400 MiB, touched: the "expensive earlier run"
+    during = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    after = peak_memory_mb(cpu)
+    assert during - after > 300, (during, after)
