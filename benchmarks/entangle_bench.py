@@ -23,23 +23,17 @@ import numpy as np
 import torch
 
 from pllbench.entangle import cross_class_pair_count, k_for_p, l2_normalize, parse_top, top_cross_class_pairs
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from pllbench.machine import reset_peak_memory, status_kib
 
 
 def measured(fn):
-    """(result, seconds, peak extra MiB): peak RSS during fn minus RSS before it."""
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    before = _status_kib("VmRSS")
+    """(result, seconds, peak extra MiB): peak RSS during fn minus RSS before it (Linux /proc only)."""
+    reset_peak_memory(torch.device("cpu"))  # VmHWM back to the current RSS
+    before = status_kib("VmRSS")
     start = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - start
-    return result, seconds, (_status_kib("VmHWM") - before) / 1024
+    return result, seconds, (status_kib("VmHWM") - before) / 1024
 
 
 def bare_product(feats: torch.Tensor, block: int, upper_only: bool) -> None:

@@ -34,8 +34,9 @@ import torch
 from _common import PassCounter, PlainCE, bench_epoch, context, load_bench_data, method_hparams
 from PIL import Image
 
+from pllbench.machine import cpu_name
 from pllbench.method import Batch, get_method, method_names
-from pllbench.trainer import compile_backbones, cpu_name, make_batch, train_step
+from pllbench.trainer import compile_backbones, make_batch, train_step
 from pllbench.util import cache_root
 from pllbench.views import ViewMaker, run_view_maker
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -15,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .artifacts import ArtifactStore, git_commit
+from .artifacts import ArtifactStore
 from .errors import PllbenchError
 from .evaluate import accuracy, approximated_accuracy, covering_rate, predict_logits, projection_diagnostics
+from .machine import environment, peak_memory_mb, reset_peak_memory
 from .method import Batch, Method, MethodContext, ViewBatch, get_method
 from .prepare import Prepared
 from .presets import lr_at
@@ -50,61 +47,6 @@ def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epo
 def run_id(config: RunConfig | dict) -> str:
     """The run id of a config (a RunConfig, or config.json's content: the `environment` key is not part of it)."""
     return RunConfig.of(config).run_id
-
-
-def environment(device: torch.device) -> dict:
-    env = {"pllbench": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-           "numpy": np.__version__, "platform": platform.platform(), "commit": git_commit(), "device": str(device)}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = cpu_name()
-        env["cores"] = os.cpu_count()
-        env["threads"] = torch.get_num_threads()
-    return env
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux; platform.processor() is often empty there), else the machine."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start this run's peak at the current usage. A grid worker trains run after run in one process, so without
-    the reset a cheap run would report the peak of an expensive one before it. On the CPU this resets the
-    process's peak resident set (Linux: writing 5 to /proc/self/clear_refs resets VmHWM); elsewhere it cannot be
-    reset and the process peak stands."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_kib() -> int:
-    """The process's peak resident set since its last reset (VmHWM), else since it started (ru_maxrss)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this run so far (from `reset_peak_memory`): allocated CUDA memory, else the resident set."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(_peak_rss_kib() / 2**10, 1)
 
 
 def throughput_summary(curves: list[dict]) -> dict:

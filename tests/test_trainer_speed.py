@@ -11,13 +11,12 @@ import torch
 from conftest import smoke_run
 from test_views_batched import no_host_reads
 
+from pllbench.machine import peak_memory_mb, reset_peak_memory
 from pllbench.method import MethodContext, get_method, parse_hp_overrides
 from pllbench.prepare import prepare
 from pllbench.trainer import (
     compile_backbones,
     make_batch,
-    peak_memory_mb,
-    reset_peak_memory,
     resolve_run_config,
     run_id,
     train_step,
