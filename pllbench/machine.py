@@ -50,18 +50,19 @@ def status_kib(field: str) -> int | None:
     return int(value.split()[0]) if value else None
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start this run's peak at the current usage. A grid worker trains run after run in one process, so without
-    the reset a cheap run would report the peak of an expensive one before it. On the CPU this resets the
-    process's peak resident set (Linux: writing 5 to /proc/self/clear_refs resets VmHWM); elsewhere it cannot be
-    reset and the process peak stands."""
+def reset_peak_memory(device: torch.device) -> str:
+    """Start this run's peak at the current usage and say what the peak will cover: "run" when the reset took,
+    "process" when it could not (the process's peak since it started stands). A grid worker trains run after run in
+    one process, so without the reset a cheap run would report the peak of an expensive one before it. On the CPU
+    this resets the process's peak resident set (Linux: writing 5 to /proc/self/clear_refs resets VmHWM)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
+        return "run"
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
-        pass
+        return "process"
+    return "run" if status_kib("VmHWM") is not None else "process"
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -95,11 +95,14 @@ def is_reference(run: RunFolder) -> bool:
 
 
 def peak_memory(final: dict) -> float | None:
-    """final.json's peak memory in MB (CUDA allocated, or the process's peak resident set on the CPU), if recorded."""
-    for value in (final.get("peak_mem_mb"), (final.get("throughput") or {}).get("peak_mem_mb")):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-    return None
+    """final.json's peak memory of this run in MB (CUDA allocated, or the resident set on the CPU), or None where the
+    record cannot say it is this run's own: runs that predate the per-run reset (or where it failed) recorded the
+    peak of their whole process, which in a grid worker includes every run before them."""
+    speed = final.get("throughput") or {}
+    value = speed.get("peak_mem_mb")
+    if speed.get("peak_mem_scope") != "run" or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value > 0 else None
 
 
 def entangle_values(record) -> dict[tuple[str, str], float]:

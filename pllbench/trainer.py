@@ -50,14 +50,17 @@ def run_id(config: RunConfig | dict) -> str:
 
 
 def throughput_summary(curves: list[dict]) -> dict:
-    """final.json's speed record: median epoch throughput and time, the peak memory."""
+    """final.json's speed record: median epoch throughput and time, the peak memory, and what that peak covers:
+    "run" only when every epoch's peak was counted from its run's start (a resumed run has epochs from several
+    processes), else "process" (epochs logged before the per-run reset existed say nothing and count as such)."""
     timed = [r for r in curves if "train_seconds" in r]  # epochs logged before these fields existed have none
     if not timed:
         return {}
     return {"samples_per_sec": statistics.median(r["samples_per_sec"] for r in timed),
             "epoch_seconds": statistics.median(r["seconds"] for r in timed),
             "train_seconds": round(sum(r["train_seconds"] for r in timed), 2),
-            "peak_mem_mb": max(r["peak_mem_mb"] for r in timed)}
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in timed),
+            "peak_mem_scope": "run" if all(r.get("peak_mem_scope") == "run" for r in timed) else "process"}
 
 
 def collapse_summary(curves: list[dict]) -> dict:
@@ -130,6 +133,7 @@ class Training:
     start_epoch: int = 0
     rebuilt: bool = False  # the method changed its trained parameters once (VALEN): the optimiser was rebuilt
     has_projection: bool | None = None  # a trained projection head (collapse diagnostics); probed at the first test
+    peak_scope: str = "process"  # what peak_memory_mb covers in this process: "run" once the reset took
 
     @property
     def cfg(self) -> dict:
@@ -155,7 +159,7 @@ def start_training(prep: Prepared, run: RunConfig, run_dir: Path, device: torch.
     """Data on the device, the method built from its seed, the optimiser, and the last checkpoint if any."""
     config = run.to_json()
     cfg, seed = config["preset"], config["seed"]
-    reset_peak_memory(device)
+    peak_scope = reset_peak_memory(device)
     if device.type != "cuda":
         torch.use_deterministic_algorithms(True)
     data, info = prep.data, prep.data.info
@@ -176,7 +180,7 @@ def start_training(prep: Prepared, run: RunConfig, run_dir: Path, device: torch.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(config.get("bf16")))
     t = Training(run, config, run_dir, device, maker, train_images, data.test.images.to(device),
                  data.test.labels.to(device), cands, train_rows, val_rows, steps, method, None, autocast)
-    t.optimizer = t.make_optimizer()
+    t.optimizer, t.peak_scope = t.make_optimizer(), peak_scope
     state = load_checkpoint(run_dir)
     if state is not None:
         method.load_state_dict(state["method"])
@@ -336,7 +340,7 @@ def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: t
         record["seconds"] = round(time.time() - started, 3)
         record.update(train_seconds=round(train_seconds, 3),
                       samples_per_sec=round(t.steps * t.cfg["batch_size"] / train_seconds, 1),
-                      peak_mem_mb=peak_memory_mb(device))
+                      peak_mem_mb=peak_memory_mb(device), peak_mem_scope=t.peak_scope)
         t.curves.append(record)
         save_checkpoint(run_dir, epoch + 1, {"epoch": epoch + 1, "method": t.method.state_dict(),
                                              "optimizer": t.optimizer.state_dict(), "curves": t.curves,

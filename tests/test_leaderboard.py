@@ -42,7 +42,7 @@ def fake_run(root: Path, method: str, dataset: str, seed: int, acc: float | None
     if acc is not None:
         final = {"method": method, "label": cls.run_label(hp), "seed": seed, "test_acc": acc, "seconds": seconds}
         if peak is not None:
-            final["throughput"] = {"peak_mem_mb": peak}
+            final["throughput"] = {"peak_mem_mb": peak, "peak_mem_scope": "run"}
         atomic_write_json(run_dir / "final.json", final)
     if failed:
         atomic_write_json(run_dir / "failed.json", {"error": failed, "type": "NonFiniteLoss"})

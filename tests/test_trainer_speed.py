@@ -14,11 +14,13 @@ from test_views_batched import no_host_reads
 from pllbench.machine import peak_memory_mb, reset_peak_memory
 from pllbench.method import MethodContext, get_method, parse_hp_overrides
 from pllbench.prepare import prepare
+from pllbench.results import peak_memory
 from pllbench.trainer import (
     compile_backbones,
     make_batch,
     resolve_run_config,
     run_id,
+    throughput_summary,
     train_step,
 )
 from pllbench.views import ViewMaker
@@ -56,9 +58,10 @@ def test_curves_and_final_record_throughput(smoke_cache, tmp_path):
         assert 0 < record["train_seconds"] <= record["seconds"]
         seconds = record["train_seconds"]  # rounded to 1 ms, which moves 64 / seconds by up to 64 · 0.0005 / seconds²
         assert record["samples_per_sec"] == pytest.approx(64 / seconds, abs=0.032 / seconds**2 + 0.1)
-        assert record["peak_mem_mb"] > 0
+        assert record["peak_mem_mb"] > 0 and record["peak_mem_scope"] in ("run", "process")
     speed = final["throughput"]
     assert speed["peak_mem_mb"] == max(r["peak_mem_mb"] for r in curves)
+    assert speed["peak_mem_scope"] == ("run" if Path("/proc/self/clear_refs").exists() else "process")
     assert speed["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in curves), abs=0.02)
 
 
@@ -89,6 +92,17 @@ def test_peak_memory_restarts_at_each_run_in_one_process():
     big = np.ones(400 * 2**20 // 8)  # 400 MiB, touched: the "expensive earlier run"
     during = peak_memory_mb(cpu)
     del big
-    reset_peak_memory(cpu)
+    assert reset_peak_memory(cpu) == "run"
     after = peak_memory_mb(cpu)
     assert during - after > 300, (during, after)
+
+
+def test_a_peak_counts_as_the_runs_own_only_when_every_epoch_says_so():
+    """Epochs from before the per-run reset (or a resume across it) make the whole run's peak a process peak, and
+    the leaderboard then shows none rather than an earlier run's."""
+    epoch = {"seconds": 2.0, "train_seconds": 1.5, "samples_per_sec": 100.0, "peak_mem_mb": 700.0}
+    own = throughput_summary([dict(epoch, peak_mem_scope="run")] * 2)
+    mixed = throughput_summary([epoch, dict(epoch, peak_mem_scope="run", peak_mem_mb=650.0)])
+    assert (own["peak_mem_scope"], mixed["peak_mem_scope"], mixed["peak_mem_mb"]) == ("run", "process", 700.0)
+    assert peak_memory({"throughput": own}) == 700.0
+    assert peak_memory({"throughput": mixed}) is None and peak_memory({"throughput": {"peak_mem_mb": 5350.0}}) is None
