@@ -126,6 +126,12 @@ def method_table(shared: dict, preset: str) -> dict:
     return table
 
 
+def own_method_table(table: dict, method: str, family: str) -> dict:
+    """The entries of a preset's method table that apply to one method ('*', its family's, its own): what a run
+    records in config["preset"], so that changing another method's preset override changes no id of this one."""
+    return {scope: dict(table[scope]) for scope in ("*", family, method) if scope in table}
+
+
 def method_overrides(preset_cfg: dict, method: str, family: str) -> dict:
     """Preset overrides for one method: '*' entries, then the method family's, then the method's own (the built-in
     methods' entries are in the table, see method_table); a plugin's own `preset_hparams` for the preset last."""

@@ -11,7 +11,9 @@ it trains into), the grid (a job's run, `status` matching folders to jobs), the 
   version (method, hparams, views, seed, dataset, preset, val_fraction, candidates: hash, teacher, mean size and a
   non-default source) plus bf16 when on; `compile` (speed only), the candidate seed (its candidate hash already
   says it) and the environment are left out. So a run folder is named by the run id of its own config.json, and the
-  ids of runs made before this module are unchanged.
+  ids of runs made before this module are unchanged. The preset a run records holds only the entries of the
+  preset's method table that apply to its method (`own_method_table`): a run recorded with the whole table (before
+  that change) keeps the id its folder has, and changing one method's preset override moves no other method's id.
 - `signature`: every field that makes two runs the same run, without artifact hashes (known before the candidates
   are built): what `status` matches job against folder.
 - `label`: the leaderboard name of the run: the method's label plus every departure from its preset (hyperparameters,
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from .errors import PllbenchError
 from .hparams import UNSCOPED, canonical_overrides, check_views, resolve_hparams
 from .method import get_method
-from .presets import method_overrides, resolve_preset
+from .presets import method_overrides, own_method_table, resolve_preset
 from .util import key_hash
 
 # The preset's optimisation settings an unscoped `--hp KEY=VALUE` overrides for every method of the run: (type,
@@ -136,6 +138,7 @@ class RunConfig:
         hp = resolve_hparams(method_cls, key["name"], method_overrides(cfg, method_cls.name, method_cls.family),
                              overrides)
         views = check_views(method_cls, hp)
+        cfg["method_hparams"] = own_method_table(cfg["method_hparams"], method_cls.name, method_cls.family)
         if not 0.0 <= float(val_fraction) < 1.0:
             raise PllbenchError(f"val_fraction {val_fraction!r} must be in [0, 1)")
         return cls(method=method, dataset=key, preset=_plain(cfg), seed=int(seed),

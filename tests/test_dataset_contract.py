@@ -72,7 +72,9 @@ def test_resolve_preset_is_unchanged_for_every_pair():
 def test_smoke_dataset_keys_teacher_keys_and_run_ids_are_unchanged(tmp_path):
     """The dataset key, the teacher's key hash and the run id (its candidate hash replaced by a placeholder: the real
     one depends on the CPU's float arithmetic) of smoke runs, as before the contract. DIRK's ids changed once since,
-    when it gained the `teacher_init` hyperparameter (a new key in every DIRK config)."""
+    when it gained the `teacher_init` hyperparameter (a new key in every DIRK config), and every smoke id once when a
+    run began to record only its own entries of the preset's method table (smoke's table has CEL, VALEN and CAD
+    entries)."""
     from pllbench.prepare import prepare
     from pllbench.trainer import resolve_run_config, run_id
 

@@ -169,6 +169,11 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
     """The id hashes the fields it always hashed, with the values it always had: the preset's method table is
     recorded as presets.py held it before the method files did (the CEL, VALEN and CAD entries)."""
     prep = _prep(smoke_cache, 0)
+    whole = {"*": {"queue_size": 128}, "cel": {"dim": 16, "heads": 2, "ffn": 32, "warmup_epochs": 1},
+             "valen": {"warmup_epochs": 1, "decoder_dim": 768}, "cad": {"editor": "identity"}}
+    assert resolve_preset("smoke", "synthetic")["method_hparams"] == whole
+    own = {"dirk": {"*": whole["*"]}, "oracle": {"*": whole["*"]}, **{m: {"*": whole["*"], m: whole[m]}
+                                                                    for m in ("cad", "cel", "valen")}}
     for method in ("dirk", "cad", "cel", "valen", "oracle"):
         source = get_method(method).candidate_source
         p = prep if source == "id" else _prep(smoke_cache, 0, source=source)
@@ -176,9 +181,10 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
         legacy = {k: v for k, v in config.items() if k not in ("compile", "bf16")}
         legacy["candidates"] = {k: v for k, v in config["candidates"].items() if k != "seed"}
         assert trainer.run_id(config) == _legacy_run_id(legacy)
-        assert config["preset"]["method_hparams"] == {
-            "*": {"queue_size": 128}, "cel": {"dim": 16, "heads": 2, "ffn": 32, "warmup_epochs": 1},
-            "valen": {"warmup_epochs": 1, "decoder_dim": 768}, "cad": {"editor": "identity"}}
+        assert config["preset"]["method_hparams"] == own[method]  # only the entries that apply to the method
+        old = dict(config, preset=dict(config["preset"], method_hparams=whole))  # recorded before the narrowing
+        assert RunConfig.from_json(old).run_id == _legacy_run_id(
+            dict(legacy, preset=old["preset"])) != trainer.run_id(config)  # an old folder keeps its own id
     assert resolve_preset("quick", "fmnist")["method_hparams"] == {  # quick's ids changed once, with teacher_init
         "*": {"queue_size": 2048}, "cel": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
         "valen": {"warmup_epochs": 2, "decoder_dim": 784}, "cad": {"editor": "identity", "teacher_init": "student"},
@@ -186,6 +192,21 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
     assert resolve_preset("paper", "cifar10")["method_hparams"] == {}
     assert trainer.run_id(trainer.resolve_run_config(prep, "dirk", 0, {}, bf16=True)) != trainer.run_id(
         trainer.resolve_run_config(prep, "dirk", 0, {}))
+
+
+def test_changing_one_methods_preset_override_moves_only_its_own_family_ids(monkeypatch):
+    """Measured before: quick's whole method table was part of every quick run's identity, so setting plain DIRK's
+    teacher start would have trained CAD-CAM, PRODEN and the rest again."""
+    methods = ("dirk", "dirk-ref", "cad-cam", "cad", "proden", "cel", "oracle")
+    before = {m: RunConfig.resolve(m, "fmnist", "quick", 0) for m in methods}
+    monkeypatch.setattr(get_method("dirk"), "preset_hparams", {"quick": {"teacher_init": "separate"}})
+    after = {m: RunConfig.resolve(m, "fmnist", "quick", 0) for m in methods}
+    moved = {m for m in methods if after[m].run_id != before[m].run_id}
+    assert moved == {"dirk", "dirk-ref"}  # DIRK-REF is of DIRK's family: the table entry is the family's
+    assert {m for m in methods if after[m].signature != before[m].signature} == moved
+    assert after["dirk"].hparams["teacher_init"] == "separate"
+    assert after["cad-cam"].preset["method_hparams"] == {"*": {"queue_size": 2048},
+                                                         "cad": {"editor": "identity", "teacher_init": "student"}}
 
 
 def test_per_preset_overrides_live_in_the_method_files_with_the_same_values():
