@@ -180,6 +180,24 @@ def run_signature(config: dict) -> str | None:
         return None
 
 
+def recorded_earlier(runs: Path, run: RunConfig) -> RunConfig | None:
+    """The same run as an older pllbench recorded it, when its folder has another id: before 2026-12-02 a run
+    recorded its preset's whole method table (RunConfig.with_own_method_table). That folder's own config then
+    stands, so the job resumes or skips it there rather than training the same run again under the new id."""
+    folder = inside_root(runs, run.run_id)
+    if folder.exists():
+        return None
+    for path in sorted(folder.parent.glob(f"{run.method}-s{run.seed}-*/config.json")):
+        try:
+            old = RunConfig.from_json(read_json(path) or {})
+        except PllbenchError:
+            continue
+        named_by_it = old.run_id == f"{folder.parent.name}/{path.parent.name}"
+        if named_by_it and old.with_own_method_table().run_id == run.run_id:
+            return dataclasses.replace(old, compile=run.compile)
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ executing jobs
 
 
@@ -280,6 +298,7 @@ def execute_job(job: Job, env: RunEnv, echo=_stderr) -> dict:
         if env.bf16 and not job.bf16:  # a RunEnv from before jobs carried bf16
             job = dataclasses.replace(job, bf16=True)
         resolved = job.run_config(compile=env.compile).with_artifacts(prep)
+        resolved = recorded_earlier(Path(env.runs), resolved) or resolved
         run, config = resolved.run_id, resolved.to_json()
         run_dir = inside_root(Path(env.runs), run)
         if not (run_dir / FINAL).exists():

@@ -12,8 +12,10 @@ it trains into), the grid (a job's run, `status` matching folders to jobs), the 
   non-default source) plus bf16 when on; `compile` (speed only), the candidate seed (its candidate hash already
   says it) and the environment are left out. So a run folder is named by the run id of its own config.json, and the
   ids of runs made before this module are unchanged. The preset a run records holds only the entries of the
-  preset's method table that apply to its method (`own_method_table`): a run recorded with the whole table (before
-  that change) keeps the id its folder has, and changing one method's preset override moves no other method's id.
+  preset's method table that apply to its method (`with_own_method_table`), so changing one method's preset override
+  moves no other method's id. A run recorded with the whole table (before 2026-12-02) keeps the id its folder has;
+  its signature is that of the narrowed run, and a grid finds and resumes (or skips) such a folder instead of
+  training the same run again under the new id (grid.recorded_earlier).
 - `signature`: every field that makes two runs the same run, without artifact hashes (known before the candidates
   are built): what `status` matches job against folder.
 - `label`: the leaderboard name of the run: the method's label plus every departure from its preset (hyperparameters,
@@ -138,13 +140,27 @@ class RunConfig:
         hp = resolve_hparams(method_cls, key["name"], method_overrides(cfg, method_cls.name, method_cls.family),
                              overrides)
         views = check_views(method_cls, hp)
-        cfg["method_hparams"] = own_method_table(cfg["method_hparams"], method_cls.name, method_cls.family)
         if not 0.0 <= float(val_fraction) < 1.0:
             raise PllbenchError(f"val_fraction {val_fraction!r} must be in [0, 1)")
         return cls(method=method, dataset=key, preset=_plain(cfg), seed=int(seed),
                    candidate_seed=int(seed if candidate_seed is None else candidate_seed), hparams=_plain(hp),
                    views=views, val_fraction=float(val_fraction), bf16=bool(bf16), compile=bool(compile),
-                   candidate_source=method_cls.candidate_source)
+                   candidate_source=method_cls.candidate_source).with_own_method_table()
+
+    def with_own_method_table(self) -> RunConfig:
+        """This run with only the entries of its preset's method table that apply to it ('*', its family's, its
+        own): how a run is recorded since 2026-12-02, so that another method's preset override is not part of its
+        id. A run recorded before, with the whole table, is the same run under another id (grid.recorded_earlier);
+        a method no longer registered keeps its table as recorded."""
+        table = self.preset.get("method_hparams")
+        if not isinstance(table, dict):
+            return self
+        try:
+            family = get_method(self.method).family
+        except PllbenchError:
+            return self
+        own = own_method_table(table, self.method, family)
+        return self if own == table else dataclasses.replace(self, preset=dict(self.preset, method_hparams=own))
 
     def with_artifacts(self, prep) -> RunConfig:
         """This run with the hashes of the prepared candidate and teacher artifacts; they must be the run's own."""
@@ -242,8 +258,9 @@ class RunConfig:
 
     @property
     def signature(self) -> str:
-        """Same signature ⇔ the same run, whatever artifacts it was (or will be) given."""
-        data = self.to_json()
+        """Same signature ⇔ the same run, whatever artifacts it was (or will be) given, and whether it was recorded
+        with its preset's whole method table (before 2026-12-02) or only its own entries."""
+        data = self.with_own_method_table().to_json()
         ident = {k: data[k] for k in _RUN_ID_FIELDS}
         ident.update(candidate_seed=self.candidate_seed, candidate_source=self.candidate_source, bf16=self.bf16)
         return key_hash(ident)

@@ -17,6 +17,7 @@ from pllbench.cli import main
 from pllbench.grid import GridSpec, RunEnv, split_datasets
 from pllbench.grid_file import load_grid_file
 from pllbench.launchers import LaunchOptions, submit_slurm, visible_gpus, wait_slurm
+from pllbench.runconfig import RunConfig
 from pllbench.runs import read_attempts
 
 BASE = 'methods = ["proden"]\ndatasets = ["synthetic"]\npreset = "smoke"\n'
@@ -144,6 +145,36 @@ def test_failed_job_is_recorded_and_the_grid_goes_on(tmp_path, capsys, monkeypat
     assert [a["event"] for a in read_attempts(dirk)] == ["start", "failed", "start", "done"]
     proden = next(runs.glob("*/proden-*"))
     assert [a["event"] for a in read_attempts(proden)] == ["start", "done"]
+
+
+def test_runs_recorded_with_the_whole_method_table_are_found_not_trained_again(tmp_path, capsys, monkeypatch):
+    """Before 2026-12-02 a run recorded its preset's whole method table, so the same run now has another id. Without
+    the lookup, an upgrade showed every finished run as pending and `run` trained it again in a new folder."""
+    runs = tmp_path / "runs"
+    argv = ["run", "--methods", "proden", "--dataset", "synthetic", "--preset", "smoke", "--epochs", "1",
+            "--no-progress", "--runs", str(runs), "--seeds"]
+    with monkeypatch.context() as older:
+        older.setattr(RunConfig, "with_own_method_table", lambda self: self)
+        assert main(argv + ["0,1"]) == 0
+    old = run_dirs(runs)
+    assert [set(json.loads((d / "config.json").read_text())["preset"]["method_hparams"]) for d in old] == \
+        [{"*", "cel", "valen", "cad"}] * 2
+    unfinished = old[1]
+    (unfinished / "final.json").unlink()  # interrupted after its last epoch: trains again, in its own folder
+    capsys.readouterr()
+
+    assert main(argv + ["0,1,2"]) == 0
+    assert [d for d in run_dirs(runs) if d not in old] == [runs / "synthetic-smoke" / next(
+        d.name for d in (runs / "synthetic-smoke").iterdir() if d.name.startswith("proden-s2-"))]
+    assert [a["event"] for a in read_attempts(old[0])] == ["start", "done"]  # skipped, not trained again
+    assert [a["event"] for a in read_attempts(unfinished)] == ["start", "done", "start", "done"]
+    final = json.loads((unfinished / "final.json").read_text())
+    assert final["run"] == f"synthetic-smoke/{unfinished.name}"  # still named by its own config.json's id
+    assert set(json.loads((unfinished / "config.json").read_text())["preset"]["method_hparams"]) == \
+        {"*", "cel", "valen", "cad"}
+    assert main(["status", "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "done 3 · running 0 · failed 0 · interrupted 0 · corrupt 0 · pending 0 · 3 jobs" in out
 
 
 def test_grid_file_run_and_status(tmp_path, capsys):

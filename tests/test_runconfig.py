@@ -185,6 +185,7 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
         old = dict(config, preset=dict(config["preset"], method_hparams=whole))  # recorded before the narrowing
         assert RunConfig.from_json(old).run_id == _legacy_run_id(
             dict(legacy, preset=old["preset"])) != trainer.run_id(config)  # an old folder keeps its own id
+        assert RunConfig.from_json(old).signature == RunConfig.from_json(config).signature  # and is the same run
     assert resolve_preset("quick", "fmnist")["method_hparams"] == {  # quick's ids changed once, with teacher_init
         "*": {"queue_size": 2048}, "cel": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
         "valen": {"warmup_epochs": 2, "decoder_dim": 784}, "cad": {"editor": "identity", "teacher_init": "student"},
