@@ -137,10 +137,9 @@ def method_overrides(preset_cfg: dict, method: str, family: str) -> dict:
     methods' entries are in the table, see method_table); a plugin's own `preset_hparams` for the preset last."""
     from .method import get_method
 
-    table = preset_cfg["method_hparams"]
-    out = dict(table.get("*", {}))
-    out.update(table.get(family, {}))
-    out.update(table.get(method, {}))
+    out: dict = {}
+    for values in own_method_table(preset_cfg["method_hparams"], method, family).values():
+        out.update(values)
     cls = get_method(method)
     if not builtin_method(cls):
         out.update(cls.preset_hparams.get(preset_cfg["name"], {}))
