@@ -250,7 +250,10 @@ def main_table(t: Tables, board: Board, stats: pd.DataFrame, notes: dict, paper:
                 "dataset. Rank: mean rank over the datasets a row has (of how many). device-h: Σ run seconds / 3600."
                 + (" gap to oracle: row mean − oracle mean in points (mean over datasets)." if oracle else "")
                 + (" last-5 std: mean over seeds of the std of the last 5 epochs' test accuracy." if show["stability"]
-                   else ""), ""]
+                   else "")
+                + (" No peak MB column: these runs recorded only their worker process's peak memory (before the "
+                   "per-run reset), which includes the runs that process trained before them."
+                   if not show["peak"] and mine["peak_mem_scope"].eq("process").any() else ""), ""]
     header = ["method", "source", *board.columns, "avg rank"] + (["gap to oracle"] if oracle else []) \
         + (["last-5 std"] if show["stability"] else []) + ["device-h"] + (["peak MB"] if show["peak"] else [])
     rows = [_main_row(t, board, label, stats, notes, best, oracle, show, why_low or {}) for label in labels]

@@ -26,7 +26,8 @@ COLUMNS = [
     "method", "label", "reference", "seed", "candidate_hash", "candidate_source", "teacher_hash", "hparams",
     "val_fraction", "bf16", "epochs", "epochs_done", "test_acc", "last5_mean", "last5_std", "center_distance",
     "proj_mean_cos", "proj_eff_rank", "collapsed", "teacher_test_acc", "seconds", "samples_per_sec", "peak_mem_mb",
-    "started_at", "finished_at", "attempts", "busy", "final_mtime", "commit", "packages", "torch", "hardware",
+    "peak_mem_scope", "started_at", "finished_at", "attempts", "busy", "final_mtime", "commit", "packages", "torch",
+    "hardware",
 ]
 
 
@@ -103,6 +104,15 @@ def peak_memory(final: dict) -> float | None:
     if speed.get("peak_mem_scope") != "run" or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if value > 0 else None
+
+
+def peak_memory_scope(final: dict) -> str | None:
+    """What final.json's peak memory covers: "run", "process" (a run before the per-run reset, whatever it says),
+    or None where no peak was recorded."""
+    speed = final.get("throughput") or {}
+    if _number(speed.get("peak_mem_mb")) is None:
+        return None
+    return "run" if speed.get("peak_mem_scope") == "run" else "process"
 
 
 def entangle_values(record) -> dict[tuple[str, str], float]:
@@ -215,7 +225,8 @@ def _final_metrics(run: RunFolder) -> dict:
     return {"test_acc": _percent(final.get("test_acc")), "teacher_test_acc": _percent(final.get("teacher_test_acc")),
             "seconds": seconds, "samples_per_sec": speed if speed is not None else
             (statistics.median(speeds) if speeds else None),
-            "peak_mem_mb": peak_memory(final) if run.final is not None else None, "final_mtime": mtime}
+            "peak_mem_mb": peak_memory(final) if run.final is not None else None,
+            "peak_mem_scope": peak_memory_scope(final), "final_mtime": mtime}
 
 
 def _entangled(run: RunFolder) -> dict:

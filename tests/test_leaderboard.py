@@ -25,7 +25,7 @@ ENV = {"pllbench": "0.1.0", "torch": "2.4.0", "numpy": "2.0.0", "python": "3.11.
 
 def fake_run(root: Path, method: str, dataset: str, seed: int, acc: float | None = None, *, epochs: int | None = None,
              failed: str | None = None, epochs_done: int = 0, entangle=None, env=ENV, seconds: float = 36.0,
-             peak: float | None = None) -> Path:
+             peak: float | None = None, peak_scope: str = "run") -> Path:
     cls = get_method(method)
     preset = resolve_preset("smoke", dataset)
     if epochs:
@@ -42,7 +42,7 @@ def fake_run(root: Path, method: str, dataset: str, seed: int, acc: float | None
     if acc is not None:
         final = {"method": method, "label": cls.run_label(hp), "seed": seed, "test_acc": acc, "seconds": seconds}
         if peak is not None:
-            final["throughput"] = {"peak_mem_mb": peak, "peak_mem_scope": "run"}
+            final["throughput"] = {"peak_mem_mb": peak, "peak_mem_scope": peak_scope}
         atomic_write_json(run_dir / "final.json", final)
     if failed:
         atomic_write_json(run_dir / "failed.json", {"error": failed, "type": "NonFiniteLoss"})
@@ -117,6 +117,22 @@ def test_cells_ranks_and_paper_rows(fabricated, tmp_path):
     ent_row = next(r for r in records if r["table"] == "entangled" and r["row"] == "dirk" and
                    r["metric"] == "acc_top_0.1")
     assert float(ent_row["mean"]) == pytest.approx(81.0) and ent_row["n"] == "3"
+
+
+def test_a_board_of_worker_process_peaks_says_why_it_has_no_peak_column(tmp_path):
+    """A run before the per-run reset recorded its worker process's peak: the board shows no peak for it, and says
+    why the column is gone instead of dropping it silently."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(root, "proden", "fmnist", seed, 0.7, peak=5350.0, peak_scope="process")
+    (board,) = build_boards(root)
+    markdown, _ = render(board, tmp_path / "out")
+    assert "| peak MB |" not in markdown and "5,350" not in markdown
+    assert "No peak MB column: these runs recorded only their worker process's peak memory" in markdown
+    fake_run(root, "proden", "fmnist", 2, 0.7, peak=640.0)
+    (board,) = build_boards(root)
+    markdown, _ = render(board, tmp_path / "out")
+    assert "| peak MB |" in markdown and "| 640 |" in markdown and "No peak MB column" not in markdown
 
 
 def test_entangle_values_tolerates_any_shape():
