@@ -75,13 +75,15 @@ def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[st
 
 
 def write_leaderboards(root: Path, out: Path, preset: str | None = None, datasets: list[str] | None = None,
-                       comparisons: list[tuple[str, str]] | None = None, cache: Path | None = None) -> list[Path]:
-    """Write `<out>/<board>.md` and `.csv` per board (atomically); returns the markdown paths."""
+                       comparisons: list[tuple[str, str]] | None = None, cache: Path | None = None,
+                       methods: list[str] | None = None) -> list[Path]:
+    """Write `<out>/<board>.md` and `.csv` per board (atomically); returns the markdown paths. methods: only these
+    methods' runs (a board of a subset: its provenance, wall time and comparisons cover those runs only)."""
     from .errors import PllbenchError
 
-    boards = build_boards(root, preset, datasets)
+    boards = build_boards(root, preset, datasets, methods=methods)
     if not boards:
-        which = f" of preset {preset!r}" if preset else ""
+        which = (f" of preset {preset!r}" if preset else "") + (f" of methods {', '.join(methods)}" if methods else "")
         raise PllbenchError(f"no runs{which} under {root}; run `pllbench run` first (or pass --runs DIR)")
     written = []
     for board in boards:

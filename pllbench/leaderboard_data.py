@@ -68,14 +68,17 @@ class Board:
 
 
 def build_boards(root: Path, preset: str | None = None, datasets: list[str] | None = None,
-                 frame: pd.DataFrame | None = None) -> list[Board]:
-    """One board per preset (restricted to `datasets` when given), from `frame` or load_runs(root)."""
+                 frame: pd.DataFrame | None = None, methods: list[str] | None = None) -> list[Board]:
+    """One board per preset (restricted to `datasets` and to the runs of `methods` when given), from `frame` or
+    load_runs(root)."""
     frame = load_runs(root) if frame is None else frame
     if frame.empty:
         return []
     frame = frame[frame["preset"].notna() & (frame["preset"] != "")]
     if preset is not None:
         frame = frame[frame["preset"] == preset]
+    if methods:
+        frame = frame[frame["method"].isin(methods)]
     boards, paper = [], paper_datasets()  # the paper's datasets first, in its column order
     for preset_name, runs in frame.groupby("preset", sort=True):
         if datasets:

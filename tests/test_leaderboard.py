@@ -160,6 +160,21 @@ def test_cli_writes_markdown_and_csv(fabricated, tmp_path, capsys):
     assert "no runs of preset 'quick'" in capsys.readouterr().err
 
 
+def test_a_board_of_some_methods_covers_only_their_runs(fabricated, tmp_path, capsys):
+    """--methods: a board of a subset (e.g. the paper's claims) ranks, counts and times only those methods' runs."""
+    out = tmp_path / "claims"
+    assert main(["leaderboard", "--runs", str(fabricated), "--out", str(out), "--methods", "dirk,proden"]) == 0
+    markdown = (out / "smoke.md").read_text()
+    main_table = markdown.split("## Test accuracy")[1].split("## ")[0]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in main_table.splitlines() if line.startswith("| ")]
+    assert {"dirk", "proden", "proden{epochs=1}"} <= set(rows) and "cad[identity]" not in rows
+    assert "- Run folders: 9" in markdown  # 6 of dirk + 3 of proden, of the 13 under the root
+    assert main(["leaderboard", "--runs", str(fabricated), "--out", str(out), "--methods", "dirk,nosuch"]) == 2
+    assert "unknown method nosuch" in capsys.readouterr().err
+    assert main(["leaderboard", "--runs", str(fabricated), "--out", str(out), "--methods", "pico"]) == 2
+    assert "no runs of methods pico" in capsys.readouterr().err
+
+
 def test_a_cad_row_without_instructpix2pix_edits_says_why(tmp_path):
     """`cad` with the paper's editor keeps the label `cad` (not `cad{editor=ip2p}`) and shows its failure; the
     preset's identity control stays a separate `cad[identity]` row."""
