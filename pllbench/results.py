@@ -95,17 +95,6 @@ def is_reference(run: RunFolder) -> bool:
         or method == "oracle" or bool(getattr(_method_class(method), "reference", False))
 
 
-def peak_memory(final: dict) -> float | None:
-    """final.json's peak memory of this run in MB (CUDA allocated, or the resident set on the CPU), or None where the
-    record cannot say it is this run's own: runs that predate the per-run reset (or where it failed) recorded the
-    peak of their whole process, which in a grid worker includes every run before them."""
-    speed = final.get("throughput") or {}
-    value = speed.get("peak_mem_mb")
-    if speed.get("peak_mem_scope") != "run" or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if value > 0 else None
-
-
 def peak_memory_scope(final: dict) -> str | None:
     """What final.json's peak memory covers: "run", "process" (a run before the per-run reset, whatever it says),
     or None where no peak was recorded."""
@@ -113,6 +102,16 @@ def peak_memory_scope(final: dict) -> str | None:
     if _number(speed.get("peak_mem_mb")) is None:
         return None
     return "run" if speed.get("peak_mem_scope") == "run" else "process"
+
+
+def peak_memory(final: dict) -> float | None:
+    """final.json's peak memory of this run in MB (CUDA allocated, or the resident set on the CPU), or None where the
+    record cannot say it is this run's own (peak_memory_scope is not "run"): runs that predate the per-run reset (or
+    where it failed) recorded the peak of their whole process, which in a grid worker includes every run before them."""
+    if peak_memory_scope(final) != "run":
+        return None
+    value = float(final["throughput"]["peak_mem_mb"])
+    return value if value > 0 else None
 
 
 def entangle_values(record) -> dict[tuple[str, str], float]:
@@ -225,8 +224,7 @@ def _final_metrics(run: RunFolder) -> dict:
     return {"test_acc": _percent(final.get("test_acc")), "teacher_test_acc": _percent(final.get("teacher_test_acc")),
             "seconds": seconds, "samples_per_sec": speed if speed is not None else
             (statistics.median(speeds) if speeds else None),
-            "peak_mem_mb": peak_memory(final) if run.final is not None else None,
-            "peak_mem_scope": peak_memory_scope(final), "final_mtime": mtime}
+            "peak_mem_mb": peak_memory(final), "peak_mem_scope": peak_memory_scope(final), "final_mtime": mtime}
 
 
 def _entangled(run: RunFolder) -> dict:
