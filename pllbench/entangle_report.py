@@ -11,6 +11,11 @@ Per run it writes `entangle.json` into the run folder (atomically, merged with e
 
 subset_acc comes from the final-epoch predictions; `selected` holds the selected epochs' (select-cr/-aa) when the
 run has them. On the train split there are no per-instance predictions, so `subset_acc` is absent there.
+
+Each analysis also records `run_manifest`, the sha256 of the run's manifest.json (which holds every file's digest):
+a finished run whose entangle.json already has this split/extractor analysis of the same subsets artifact and the
+same manifest is not scored again (loading its model and embedding the test split is most of the cost), unless
+`rescore` asks for it (after a change to the scoring code).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import torch
 from .entangle import Subsets, center_distance, sharing_all_pairs, sharing_flags, subset_accuracy
 from .errors import PllbenchError
 from .extractors import load_run_method, method_features, run_candidates
-from .runs import inside_root, verify_finished
-from .util import atomic_write_json
+from .runs import MANIFEST, inside_root, verify_finished
+from .util import atomic_write_json, sha256_file
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -58,8 +63,8 @@ def aligned_predictions(pred: dict[str, np.ndarray], split_index: np.ndarray, la
     return y_pred
 
 
-def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[Path]:
-    """Run folders of this dataset key and preset that have final.json, sorted by method then seed."""
+def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[tuple[str, Path]]:
+    """(method, run folder) of this dataset key and preset for each run with final.json, by method then seed."""
     out = []
     for final in sorted((root / f"{dataset_key['name']}-{preset}").glob("*/final.json")):
         try:
@@ -69,16 +74,34 @@ def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[Path]:
         if config.get("dataset") == dataset_key and config.get("preset", {}).get("name") == preset:
             run_dir = inside_root(root, final.parent.relative_to(root))  # entangle.json is written there
             out.append((config["method"], config["seed"], run_dir))
-    return [path for *_, path in sorted(out)]
+    return [(method, path) for method, _, path in sorted(out)]
 
 
 def analysis_key(split: str, extractor_name: str) -> str:
     return f"{split}/{extractor_name}"
 
 
+def read_record(path: Path) -> dict:
+    """A run's entangle.json, or {} when it is absent or unreadable (it is rewritten whole then)."""
+    try:
+        record = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def is_current(record: dict, key: str, artifact: str, manifest: str | None) -> bool:
+    """True when `record` already holds analysis `key` of this subsets artifact for this exact run content."""
+    entry = record.get("subsets", {}).get(key)
+    return (manifest is not None and isinstance(entry, dict) and entry.get("artifact") == artifact
+            and entry.get("run_manifest") == manifest and "center_distance" in record)
+
+
 def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, device: torch.device,
-                data_root, warn) -> tuple[dict, dict]:
-    """Score one run; returns (its entangle.json content, extras for plots: y_true/y_pred/features)."""
+                data_root, warn, rescore: bool = False, need_features: bool = False) -> tuple[dict, dict, bool]:
+    """Score one run; returns (its entangle.json content, extras for plots: y_true/y_pred/features, whether an
+    up-to-date analysis was reused instead). `need_features` scores it again anyway when the plots want its
+    features (t-SNE), which only the model gives."""
     config = json.loads((run_dir / "config.json").read_text())
     final = json.loads((run_dir / "final.json").read_text())
     preds = read_predictions(run_dir / "predictions.parquet")
@@ -88,9 +111,17 @@ def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, 
     y_by_tag = {tag: aligned_predictions(pred, np.asarray(data.test_index), test_labels)
                 for tag, pred in preds.items()}
     y_final = y_by_tag["final"]
+    extras = {"y_true": test_labels, "y_pred": y_final, "features": None}
+    path = run_dir / "entangle.json"
+    record = read_record(path)
+    key = analysis_key(split, subsets.summary["extractor"])
+    manifest = sha256_file(run_dir / MANIFEST) if (run_dir / MANIFEST).is_file() else None
+    if not rescore and not need_features and is_current(record, key, subsets.hash, manifest):
+        return record, extras, True
     labels = list(subsets.summary["top"])
-    entry = {"artifact": subsets.hash, "split": split, "extractor": subsets.summary["extractor"],
-             "n": subsets.summary["n"], "cross_class_pairs": subsets.summary["cross_class_pairs"],
+    entry = {"artifact": subsets.hash, "run_manifest": manifest, "split": split,
+             "extractor": subsets.summary["extractor"], "n": subsets.summary["n"],
+             "cross_class_pairs": subsets.summary["cross_class_pairs"],
              "threshold_counts": subsets.summary["threshold_counts"], "top": {}}
     for label in labels:
         stats = {k: subsets.summary["top"][label][k] for k in ("pairs", "threshold", "instances")}
@@ -111,7 +142,6 @@ def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, 
             sharing[label] = {"mutual": float(mutual.mean()), "any": float(any_.mean())}
         mutual_all, any_all = sharing_all_pairs(train_labels, cands)
         entry["sharing"] = {"top": sharing, "all": {"mutual": float(mutual_all), "any": float(any_all)}}
-    extras = {"y_true": test_labels, "y_pred": y_final, "features": None}
     cd = None
     try:
         method, _, _ = load_run_method(run_dir, cache, device, data_root)
@@ -120,17 +150,12 @@ def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, 
         extras["features"] = feats.numpy()
     except PllbenchError as exc:
         warn(f"{final['run']}: no center distance ({exc})")
-    path = run_dir / "entangle.json"
-    try:
-        record = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        record = {}
     record.update({"run": final["run"], "method": config["method"], "seed": config["seed"],
                    "dataset": config["dataset"]["name"], "preset": config["preset"]["name"],
                    "overall_acc": float((y_final == test_labels).mean()), "center_distance": cd})
-    record.setdefault("subsets", {})[analysis_key(split, subsets.summary["extractor"])] = entry
+    record.setdefault("subsets", {})[key] = entry
     atomic_write_json(path, record)
-    return record, extras
+    return record, extras, False
 
 
 def _pct(value) -> str:
@@ -225,13 +250,15 @@ def write_plots(folder: Path, subsets: Subsets, records: list[dict], extras: lis
 
 
 def score_runs(root: Path, dataset_key: dict, preset: str, subsets: Subsets, split: str, data, extractor, cache: Path,
-               device: torch.device, data_root, warn) -> tuple[list[dict], list[dict], list[Path]]:
-    """Score every finished run of this dataset and preset: (records, plot extras, run folders not scored).
+               device: torch.device, data_root, warn, rescore: bool = False,
+               want_features: bool = False) -> tuple[list[dict], list[dict], list[Path], int]:
+    """Score every finished run of this dataset and preset: (records, plot extras, run folders not scored, how many
+    up-to-date analyses were reused). `want_features`: the plots take one run's features per method (t-SNE).
 
     A run that cannot be scored (a file off its manifest, predictions of other rows, ...) gets one warning line and
     loses its old entangle.json, which no longer describes what is on disk."""
-    records, extras, unscored = [], [], []
-    for run_dir in finished_runs(root, dataset_key, preset):
+    records, extras, unscored, reused, featured = [], [], [], 0, set()
+    for method, run_dir in finished_runs(root, dataset_key, preset):
         _, problem = verify_finished(run_dir)  # every file against its manifest (predictions, model, ...)
         try:
             if problem:
@@ -240,7 +267,9 @@ def score_runs(root: Path, dataset_key: dict, preset: str, subsets: Subsets, spl
                 config = json.loads((run_dir / "config.json").read_text())
                 if config["candidates"]["teacher"] != extractor.identity["teacher_key"]:
                     warn(f"{run_dir.name}: its candidates came from another teacher than the one ranking the pairs")
-            record, extra = analyse_run(run_dir, subsets, split, data, cache, device, data_root, warn)
+            record, extra, was_current = analyse_run(
+                run_dir, subsets, split, data, cache, device, data_root, warn, rescore,
+                need_features=want_features and method not in featured)
         except PllbenchError as exc:
             stale = (run_dir / "entangle.json").is_file()
             (run_dir / "entangle.json").unlink(missing_ok=True)
@@ -248,6 +277,9 @@ def score_runs(root: Path, dataset_key: dict, preset: str, subsets: Subsets, spl
             warn(f"{message}" + (" (its old entangle.json was removed)" if stale else ""))
             unscored.append(run_dir)
             continue
+        reused += was_current
+        if extra["features"] is not None:
+            featured.add(record["method"])
         records.append(record)
         extras.append(extra)
-    return records, extras, unscored
+    return records, extras, unscored, reused

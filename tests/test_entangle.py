@@ -213,6 +213,31 @@ def test_cli_scores_a_smoke_run(smoke_cache, tmp_path, capsys):
     assert f"extractor ckpt:synthetic-smoke/{run_dir.name};" in capsys.readouterr().out
 
 
+def test_cli_does_not_score_a_run_twice(smoke_cache, tmp_path, capsys, monkeypatch):
+    """A run whose entangle.json holds this analysis of the same subsets is reused (its model is not loaded);
+    other subsets, plots that need its features, and --rescore score it again."""
+    import pllbench.entangle_report as report
+
+    _, run_dir, _ = smoke_run("proden", smoke_cache, tmp_path / "runs")
+    base = ["entangle", "--dataset", "synthetic", "--preset", "smoke", "--cache-dir", str(smoke_cache),
+            "--runs", str(tmp_path / "runs"), "--device", "cpu", "--top", "10", "--tsne-points", "0"]
+    assert main(base) == 0
+    first = json.loads((run_dir / "entangle.json").read_text())
+    assert len(first["subsets"]["test/teacher"]["run_manifest"]) == 64
+    loads = []
+    real_load = report.load_run_method
+    monkeypatch.setattr(report, "load_run_method", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    capsys.readouterr()
+    assert main(base) == 0
+    captured = capsys.readouterr()
+    assert loads == [] and "1 of 1 run(s) already had this analysis" in captured.err
+    assert f"| {run_dir.name} |" in captured.out and json.loads((run_dir / "entangle.json").read_text()) == first
+    assert main(base + ["--rescore"]) == 0 and loads == [run_dir]
+    assert main(base[:-4] + ["--top", "20", "--tsne-points", "0"]) == 0 and len(loads) == 2
+    assert main(base[:-2] + ["--plots", str(tmp_path / "plots"), "--tsne-points", "40"]) == 0 and len(loads) == 3
+    assert "already had" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--top", "abc"], "malformed --top"), (["--top", "0"], "greater than 0"), (["--top", "150"], "at most 100"),
     (["--extractor", "resnet"], "unknown --extractor"), (["--extractor", "ckpt:/nonexistent"], "not a pllbench run"),

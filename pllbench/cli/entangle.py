@@ -26,12 +26,15 @@ from .common import DEFAULT_PRESET, common_data_options, echo_err, parse_device,
 @click.option("--plots", "plots_dir", default=None, help="Write PNG plots into this folder.")
 @click.option("--tsne-points", default=1500, show_default=True, type=click.IntRange(min=0),
               help="Points per t-SNE plot (one per method and one of the extractor); 0 skips t-SNE.")
+@click.option("--rescore", is_flag=True,
+              help="Score runs again even when their entangle.json already holds this analysis of the same subsets "
+                   "(after a change to the scoring code).")
 @click.option("--float64", "use_float64", is_flag=True, help="Score the pairs in float64 (default float32).")
 @click.option("--block", default=DEFAULT_BLOCK, show_default=True, type=click.IntRange(min=1),
               help="Row and column block size of the pair search.")
 @common_data_options
-def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots_dir, tsne_points, use_float64, block,
-             data_root, download, cache_dir, device):
+def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots_dir, tsne_points, rescore, use_float64,
+             block, data_root, download, cache_dir, device):
     """Entangled subsets (top p% most similar cross-class pairs) and every finished run's accuracy on them."""
     import numpy as np
     import torch
@@ -59,8 +62,12 @@ def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots
     subsets = get_subsets(cache, dataset_key, split, index, part.labels, part.images, chosen, top_list, tau_list,
                           device=dev, dtype=torch.float64 if use_float64 else torch.float32, block=block,
                           echo=echo_err)
-    records, extras, unscored = score_runs(root, dataset_key, preset, subsets, split, data, chosen, cache, dev,
-                                           data_root, echo_err)
+    records, extras, unscored, reused = score_runs(root, dataset_key, preset, subsets, split, data, chosen, cache, dev,
+                                                   data_root, echo_err, rescore,
+                                                   want_features=bool(plots_dir) and tsne_points > 0)
+    if reused:
+        echo_err(f"{reused} of {len(records)} run(s) already had this analysis in their entangle.json and were not "
+                 f"scored again (--rescore scores them again)")
     click.echo(render_report(subsets, records, split, dataset, info.classes, chosen.name))
     if plots_dir:
         written = write_plots(Path(plots_dir), subsets, records, extras, split, chosen, data,
