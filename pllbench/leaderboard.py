@@ -12,7 +12,9 @@ the average rank over datasets, the gap to the oracle, the stability (std of the
 (device-hours = Σ final.json seconds / 3600, peak memory when recorded), and the paper's numbers as rows tagged
 `paper` (pllbench/data/paper_numbers.csv, copied from paper-numbers.md §6), which are never ranked or bolded.
 References (the oracle, the candidate teacher) are printed outside the ranking. Classes a row no longer predicts
-(recall < 10 %) are listed, and a row below 50 % names them in its cell (leaderboard_classes.py). Further tables:
+(recall < 10 %) are listed, and a row below 50 % names them in its cell (leaderboard_classes.py); rows whose
+predictions are identical on every seed (one computation under two names) are listed (leaderboard_twins.py). Further
+tables:
 the entangled-subset accuracy per top-p% (entangle.json, written by `pllbench entangle`), the center distance, and
 paired comparisons "vs reference method". The header records the provenance (commits, versions, hardware,
 candidate hashes, time).
@@ -41,6 +43,7 @@ from .leaderboard_data import (  # noqa: F401 (API)
     paper_numbers,
     seed_notes,
 )
+from .leaderboard_twins import identical_rows, twins_table
 from .results import dataset_column, entangle_values, peak_memory, row_label  # noqa: F401 (API)
 from .util import atomic_write_text
 
@@ -62,6 +65,7 @@ def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[st
     tables.main_table(t, board, stats, notes, paper, why_low)
     tables.references_table(t, board, stats, notes)
     lost_table(t, board, lost)
+    twins_table(t, identical_rows(board, read))
     tables.entangled_table(t, board, paper)
     tables.center_table(t, board, paper)
     comparison_table(t, board, DEFAULT_COMPARISONS if comparisons is None else comparisons, cache, read)

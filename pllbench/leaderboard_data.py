@@ -39,6 +39,7 @@ class Board:
     name: str  # file stem
     columns: list[str]
     runs: pd.DataFrame  # the board's run folders: rows of results.load_runs
+    methods: tuple[str, ...] = ()  # a board of these methods' runs only (`--methods`); () = every method
     selected: pd.DataFrame = field(init=False)  # select_runs(runs)
     done: pd.DataFrame = field(init=False)  # the selected finished runs
     ranks: dict[str, tuple[float, int]] = field(init=False)  # average_ranks(self)
@@ -89,7 +90,7 @@ def build_boards(root: Path, preset: str | None = None, datasets: list[str] | No
         columns = sorted(set(runs["dataset_column"]), key=lambda c: (paper.index(c) if c in paper else len(paper), c))
         stem = preset_name + ("-" + "+".join(re.sub(r"[^A-Za-z0-9._=-]+", "_", d) for d in datasets)
                               if datasets else "")
-        boards.append(Board(preset_name, stem, columns, runs))
+        boards.append(Board(preset_name, stem, columns, runs, tuple(methods or ())))
     return boards
 
 

@@ -219,7 +219,9 @@ def _paper_rows(t: Tables, board: Board, paper: list[dict], width: int) -> list[
     paper_main: dict[str, dict[str, dict]] = {}
     ran = set(board.runs["method"])
     for row in paper:
-        if row["table"] == "main" or (row["table"] == "ablation" and row["method"] in ran):
+        # the paper's main table in full, its ablations only where run; a board of some methods: only theirs
+        if row["table"] in ("main", "ablation") and (row["method"] in ran or (row["table"] == "main"
+                                                                        and not board.methods)):
             if row["metric"] == "acc":
                 paper_main.setdefault(row["method"], {})[row["dataset"]] = row
     if not any(column in by_dataset for by_dataset in paper_main.values() for column in board.columns):

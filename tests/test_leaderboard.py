@@ -168,6 +168,8 @@ def test_a_board_of_some_methods_covers_only_their_runs(fabricated, tmp_path, ca
     main_table = markdown.split("## Test accuracy")[1].split("## ")[0]
     rows = [line.split(" | ")[0].lstrip("| ") for line in main_table.splitlines() if line.startswith("| ")]
     assert {"dirk", "proden", "proden{epochs=1}"} <= set(rows) and "cad[identity]" not in rows
+    assert [line.split(" | ")[0].lstrip("| ") for line in main_table.splitlines() if " | paper | " in line] == [
+        "dirk"]  # the paper's rows of the methods on the board, not its whole main table
     assert "- Run folders: 9" in markdown  # 6 of dirk + 3 of proden, of the 13 under the root
     assert main(["leaderboard", "--runs", str(fabricated), "--out", str(out), "--methods", "dirk,nosuch"]) == 2
     assert "unknown method nosuch" in capsys.readouterr().err
@@ -401,6 +403,40 @@ def test_a_row_below_50_names_the_classes_it_lost(tmp_path):
     assert "Bag" not in lost.split("## ")[0]  # lost on one seed of two: mean recall 0.5
     records = [r for r in csv.DictReader(io.StringIO(table)) if r["table"] == "classes"]
     assert [(r["row"], r["mean"]) for r in records] == [("able", "5")]
+
+
+def test_rows_with_identical_predictions_are_listed_once(tmp_path):
+    """cad-noboth and cad-cam-noboth predict the same items on both seeds they share (twins, though cad-cam-noboth
+    has a third seed); proden ties with them on accuracy but not item for item, and cc differs on one seed: neither
+    joins the group."""
+    root = tmp_path / "runs"
+    y_true = np.arange(200) % 10
+    for seed in (0, 1):
+        twin = y_true.copy()
+        twin[seed::7] = (y_true[seed::7] + 1) % 10
+        shifted = y_true.copy()
+        shifted[(seed + 1)::7] = (y_true[(seed + 1)::7] + 1) % 10  # the same number of errors, other items
+        other = twin.copy()
+        if seed == 1:
+            other[3] = (y_true[3] + 5) % 10
+        for method, pred in (("cad-noboth", twin), ("cad-cam-noboth", twin), ("proden", shifted), ("cc", other)):
+            run_dir = fake_run(root, method, "fmnist", seed, float((pred == y_true).mean()))
+            write_predictions(run_dir, pred, y_true)
+    extra = fake_run(root, "cad-cam-noboth", "fmnist", 2, 1.0)  # a seed its twin has not run: not compared
+    write_predictions(extra, y_true, y_true)
+    markdown, table = render(build_boards(root)[0], None, comparisons=[])
+    section = markdown.split("## Identical rows")[1].split("## ")[0]
+    assert "| cad-cam-noboth, cad-noboth | fmnist | 0,1 |" in section
+    assert "proden" not in section and "cc" not in section
+    records = [r for r in csv.DictReader(io.StringIO(table)) if r["table"] == "identical"]
+    assert [(r["row"], r["mean"], r["seeds"], r["note"]) for r in records] == [
+        ("cad-cam-noboth", "2", "0,1", "cad-cam-noboth; cad-noboth")]
+    for run_dir in root.glob("*/cad-noboth-s1-*"):
+        pred = np.array(y_true)
+        pred[1::7] = (y_true[1::7] + 1) % 10
+        pred[[1, 8]] = pred[[8, 1]]  # the same accuracy, two items swapped
+        write_predictions(run_dir, pred, y_true)
+    assert "## Identical rows" not in render(build_boards(root)[0], None, comparisons=[])[0]
 
 
 def test_wall_time_leaves_out_the_pause_of_a_grid_resumed_later():
