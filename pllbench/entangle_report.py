@@ -92,7 +92,8 @@ def read_record(path: Path) -> dict:
 
 def is_current(record: dict, key: str, artifact: str, manifest: str | None) -> bool:
     """True when `record` already holds analysis `key` of this subsets artifact for this exact run content."""
-    entry = record.get("subsets", {}).get(key)
+    analyses = record.get("subsets")
+    entry = analyses.get(key) if isinstance(analyses, dict) else None
     return (manifest is not None and isinstance(entry, dict) and entry.get("artifact") == artifact
             and entry.get("run_manifest") == manifest and "center_distance" in record)
 
@@ -153,7 +154,9 @@ def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, 
     record.update({"run": final["run"], "method": config["method"], "seed": config["seed"],
                    "dataset": config["dataset"]["name"], "preset": config["preset"]["name"],
                    "overall_acc": float((y_final == test_labels).mean()), "center_distance": cd})
-    record.setdefault("subsets", {})[key] = entry
+    if not isinstance(record.get("subsets"), dict):
+        record["subsets"] = {}  # a foreign or damaged value: this analysis replaces it
+    record["subsets"][key] = entry
     atomic_write_json(path, record)
     return record, extras, False
 

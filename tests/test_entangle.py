@@ -221,6 +221,7 @@ def test_cli_does_not_score_a_run_twice(smoke_cache, tmp_path, capsys, monkeypat
     _, run_dir, _ = smoke_run("proden", smoke_cache, tmp_path / "runs")
     base = ["entangle", "--dataset", "synthetic", "--preset", "smoke", "--cache-dir", str(smoke_cache),
             "--runs", str(tmp_path / "runs"), "--device", "cpu", "--top", "10", "--tsne-points", "0"]
+    (run_dir / "entangle.json").write_text('{"subsets": "written by something else"}')  # replaced, not a crash
     assert main(base) == 0
     first = json.loads((run_dir / "entangle.json").read_text())
     assert len(first["subsets"]["test/teacher"]["run_manifest"]) == 64
