@@ -67,13 +67,14 @@ class Paired:
     unreadable: list[int]  # shared seeds without readable predictions
 
 
-def _by_seed(board: Board, label: str, column: str) -> dict[int, str]:
+def seed_paths(board: Board, label: str, column: str) -> dict[int, str]:
+    """{seed: run folder} of a row's selected finished runs on one dataset."""
     done = board.done[(board.done["label"] == label) & (board.done["dataset_column"] == column)]
     return dict(zip(done["seed"].astype(int), done["path"]))
 
 
 def paired_predictions(board: Board, a: str, b: str, column: str, read) -> Paired:
-    by_a, by_b = _by_seed(board, a, column), _by_seed(board, b, column)
+    by_a, by_b = seed_paths(board, a, column), seed_paths(board, b, column)
     preds, unreadable = {}, []
     for seed in sorted(set(by_a) & set(by_b)):
         pa, pb = read(by_a[seed]), read(by_b[seed])

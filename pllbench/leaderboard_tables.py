@@ -220,10 +220,9 @@ def _paper_rows(t: Tables, board: Board, paper: list[dict], width: int) -> list[
     ran = set(board.runs["method"])
     for row in paper:
         # the paper's main table in full, its ablations only where run; a board of some methods: only theirs
-        if row["table"] in ("main", "ablation") and (row["method"] in ran or (row["table"] == "main"
-                                                                        and not board.methods)):
-            if row["metric"] == "acc":
-                paper_main.setdefault(row["method"], {})[row["dataset"]] = row
+        shown = row["method"] in ran or (row["table"] == "main" and not board.methods)
+        if row["table"] in ("main", "ablation") and row["metric"] == "acc" and shown:
+            paper_main.setdefault(row["method"], {})[row["dataset"]] = row
     if not any(column in by_dataset for by_dataset in paper_main.values() for column in board.columns):
         return []
     rows = []

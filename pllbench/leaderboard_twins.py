@@ -4,29 +4,25 @@ Some ablations switch off the only term in which two methods differ (CAD and CAD
 only the RL term reads, so `cad-noboth` and `cad-cam-noboth` train the same network on the same batches). A board
 that ranks both counts one result twice. Per dataset, two rows are twins when their final-epoch predictions
 (predictions.parquet) are identical item for item on every seed both finished (one at least; a row may have more
-seeds than its twin); the board lists each group once. Final accuracies are compared first, so only rows that
-already tie on every shared seed are read.
+seeds than its twin); the board lists each group once. The predictions are those the lost-classes pass has already
+read (leaderboard.render shares one cached reader), so the check costs array comparisons only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .leaderboard_compare import read_final_predictions
+from .leaderboard_compare import read_final_predictions, seed_paths
 from .leaderboard_data import Board
 from .leaderboard_tables import Tables, escape
 
 
-def twins(runs_a, runs_b, read) -> list[int]:
-    """The seeds two rows both finished when their final predictions agree item for item on every one of them
-    (and there is at least one), else []. Final accuracies are compared first: most pairs stop there."""
-    acc_a, acc_b = (dict(zip(r["seed"].astype(int), r["test_acc"])) for r in (runs_a, runs_b))
-    path_a, path_b = (dict(zip(r["seed"].astype(int), r["path"])) for r in (runs_a, runs_b))
-    shared = sorted(set(acc_a) & set(acc_b))
-    if not shared or any(acc_a[s] != acc_b[s] for s in shared):
-        return []
+def twins(paths_a: dict[int, str], paths_b: dict[int, str], read) -> list[int]:
+    """The seeds two rows both finished ({seed: run folder} each) when their final predictions agree item for item
+    on every one of them (and there is at least one), else []."""
+    shared = sorted(set(paths_a) & set(paths_b))
     for seed in shared:
-        a, b = read(path_a[seed]), read(path_b[seed])
+        a, b = read(paths_a[seed]), read(paths_b[seed])
         if a is None or b is None or not a.index.equals(b.index) \
                 or not np.array_equal(a["y_pred"].to_numpy(), b["y_pred"].to_numpy()):
             return []
@@ -38,11 +34,11 @@ def identical_rows(board: Board, read=read_final_predictions) -> list[tuple[str,
     group's first row (rows may have finished different seeds: they are compared on the seeds they share)."""
     groups = []
     for column, done in board.done.groupby("dataset_column", sort=False):
-        by_label = {label: runs for label, runs in done.groupby("label", sort=True)}
-        labels = list(by_label)
+        labels = sorted(set(done["label"]))
         while len(labels) > 1:
             first, rest = labels[0], labels[1:]
-            seeds = {label: twins(by_label[first], by_label[label], read) for label in rest}
+            seeds = {label: twins(seed_paths(board, first, column), seed_paths(board, label, column), read)
+                     for label in rest}
             group = [label for label in rest if seeds[label]]
             if group:
                 groups.append((column, [first, *group], sorted(set().union(*(seeds[lb] for lb in group)))))
