@@ -62,7 +62,7 @@ def test_one_epoch_on_dataset_shape(method, shape, smoke_cache, tmp_path, monkey
 
 @pytest.mark.parametrize("method", method_names())
 def test_one_bf16_epoch_on_the_cpu(method, smoke_cache, tmp_path, monkeypatch):
-    """`--bf16` autocasts on the CPU too (faster on a core with native bfloat16, benchmarks/cpu_bf16.py): every
+    """`--bf16` autocasts on the CPU too (faster on a core with native bfloat16, benchmarks/cpu_variants.py): every
     method's step and evaluation run under it with finite losses."""
     import torch
 
