@@ -63,8 +63,8 @@ def aligned_predictions(pred: dict[str, np.ndarray], split_index: np.ndarray, la
     return y_pred
 
 
-def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[tuple[str, Path]]:
-    """(method, run folder) of this dataset key and preset for each run with final.json, by method then seed."""
+def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[tuple[dict, Path]]:
+    """(config.json, run folder) of this dataset key and preset for each run with final.json, by method then seed."""
     out = []
     for final in sorted((root / f"{dataset_key['name']}-{preset}").glob("*/final.json")):
         try:
@@ -73,8 +73,8 @@ def finished_runs(root: Path, dataset_key: dict, preset: str) -> list[tuple[str,
             continue
         if config.get("dataset") == dataset_key and config.get("preset", {}).get("name") == preset:
             run_dir = inside_root(root, final.parent.relative_to(root))  # entangle.json is written there
-            out.append((config["method"], config["seed"], run_dir))
-    return [(method, path) for method, _, path in sorted(out)]
+            out.append((config["method"], config["seed"], run_dir, config))
+    return [(config, path) for _, _, path, config in sorted(out, key=lambda item: item[:3])]
 
 
 def analysis_key(split: str, extractor_name: str) -> str:
@@ -98,12 +98,11 @@ def is_current(record: dict, key: str, artifact: str, manifest: str | None) -> b
             and entry.get("run_manifest") == manifest and "center_distance" in record)
 
 
-def analyse_run(run_dir: Path, subsets: Subsets, split: str, data, cache: Path, device: torch.device,
+def analyse_run(run_dir: Path, config: dict, subsets: Subsets, split: str, data, cache: Path, device: torch.device,
                 data_root, warn, rescore: bool = False, need_features: bool = False) -> tuple[dict, dict, bool]:
-    """Score one run; returns (its entangle.json content, extras for plots: y_true/y_pred/features, whether an
-    up-to-date analysis was reused instead). `need_features` scores it again anyway when the plots want its
-    features (t-SNE), which only the model gives."""
-    config = json.loads((run_dir / "config.json").read_text())
+    """Score one run (`config`: its config.json, read once by finished_runs); returns (its entangle.json content,
+    extras for plots: y_true/y_pred/features, whether an up-to-date analysis was reused instead). `need_features`
+    scores it again anyway when the plots want its features (t-SNE), which only the model gives."""
     final = json.loads((run_dir / "final.json").read_text())
     preds = read_predictions(run_dir / "predictions.parquet")
     if "final" not in preds:
@@ -261,18 +260,16 @@ def score_runs(root: Path, dataset_key: dict, preset: str, subsets: Subsets, spl
     A run that cannot be scored (a file off its manifest, predictions of other rows, ...) gets one warning line and
     loses its old entangle.json, which no longer describes what is on disk."""
     records, extras, unscored, reused, featured = [], [], [], 0, set()
-    for method, run_dir in finished_runs(root, dataset_key, preset):
+    for config, run_dir in finished_runs(root, dataset_key, preset):
         _, problem = verify_finished(run_dir)  # every file against its manifest (predictions, model, ...)
         try:
             if problem:
                 raise PllbenchError(problem)
-            if extractor.name == "teacher":
-                config = json.loads((run_dir / "config.json").read_text())
-                if config["candidates"]["teacher"] != extractor.identity["teacher_key"]:
-                    warn(f"{run_dir.name}: its candidates came from another teacher than the one ranking the pairs")
+            if extractor.name == "teacher" and config["candidates"]["teacher"] != extractor.identity["teacher_key"]:
+                warn(f"{run_dir.name}: its candidates came from another teacher than the one ranking the pairs")
             record, extra, was_current = analyse_run(
-                run_dir, subsets, split, data, cache, device, data_root, warn, rescore,
-                need_features=want_features and method not in featured)
+                run_dir, config, subsets, split, data, cache, device, data_root, warn, rescore,
+                need_features=want_features and config["method"] not in featured)
         except PllbenchError as exc:
             stale = (run_dir / "entangle.json").is_file()
             (run_dir / "entangle.json").unlink(missing_ok=True)
