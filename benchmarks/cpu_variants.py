@@ -12,26 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
 from _common import load_bench_data
 from throughput import Ours, machine, timed_run, timed_step
 
+from pllbench.machine import native_bf16_flags
 from pllbench.method import method_names
 from pllbench.util import cache_root
 
 VARIANTS = {"fp32": {}, "bf16": {"bf16": True}, "compile": {"compile": True},
             "bf16+compile": {"bf16": True, "compile": True}}  # the `Ours` pipeline's keyword arguments
-
-
-def native_bf16() -> str:
-    """The CPU flags that make bfloat16 native ('' when none or not Linux)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return ""
-    return " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags.split())
 
 
 def main() -> None:
@@ -52,7 +43,9 @@ def main() -> None:
     device = torch.device("cpu")
     methods = method_names() if args.methods == "all" else args.methods.split(",")
     data = load_bench_data(args.dataset, args.preset, cache=cache_root(), device=device)
-    print(f"machine: {machine(device)}; native bfloat16 flags: {native_bf16() or 'none'}; torch {torch.__version__}")
+    flags = native_bf16_flags()
+    print(f"machine: {machine(device)}; native bfloat16 flags: "
+          f"{'unknown' if flags is None else ', '.join(flags) or 'none'}; torch {torch.__version__}")
     print(f"setting: {args.dataset}, preset {args.preset}, backbone {data.preset['backbone']}, batch "
           f"{data.preset['batch_size']}; {args.rounds} rounds × {args.steps} steps per variant after "
           f"{args.warmup} warm-up\n")

@@ -44,6 +44,13 @@ def cpu_name() -> str:
     return _proc_value("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
 
 
+def native_bf16_flags() -> list[str] | None:
+    """The CPU flags present here that make bfloat16 native (avx512_bf16, amx_bf16); without them oneDNN emulates it
+    and a bf16 step is slower than fp32. None where /proc/cpuinfo has no flags line (not Linux on x86: unknown)."""
+    flags = _proc_value("/proc/cpuinfo", "flags")
+    return None if flags is None else [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+
+
 def status_kib(field: str) -> int | None:
     """A KiB field of /proc/self/status (VmRSS, VmHWM: the peak resident set since the last reset), else None."""
     value = _proc_value("/proc/self/status", field)

@@ -92,3 +92,29 @@ def test_list(capsys):
     out = capsys.readouterr().out
     for name in ("dirk", "dirk-ref", "proden", "fmnist", "cifar10", "quick", "paper", "smoke"):
         assert name in out
+
+
+@pytest.mark.parametrize("flags,noted", [([], True), (["avx512_bf16"], False), (None, False)])
+def test_bf16_on_a_cpu_without_native_bfloat16_says_it_is_slower(capsys, monkeypatch, smoke_cache, tmp_path, flags,
+                                                                 noted):
+    """--bf16 on a CPU without avx512_bf16 / AMX is emulated and slower than fp32: the run says so in one line, and
+    still runs; a CPU with them, or one whose flags cannot be read, gets no note."""
+    from pllbench import machine
+
+    monkeypatch.setattr(machine, "native_bf16_flags", lambda: flags)
+    argv = SMOKE + ["--methods", "cc", "--epochs", "1", "--bf16", "--device", "cpu", "--runs", str(tmp_path / "r"),
+                    "--cache-dir", str(smoke_cache)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("no native bfloat16" in err) == noted, err
+
+
+def test_native_bf16_flags_reads_the_cpu_flags(monkeypatch):
+    from pllbench import machine
+
+    monkeypatch.setattr(machine, "_proc_value", lambda path, key: "fpu sse2 avx512f avx512_bf16 amx_tile")
+    assert machine.native_bf16_flags() == ["avx512_bf16"]
+    monkeypatch.setattr(machine, "_proc_value", lambda path, key: "fpu sse2 avx2")
+    assert machine.native_bf16_flags() == []
+    monkeypatch.setattr(machine, "_proc_value", lambda path, key: None)
+    assert machine.native_bf16_flags() is None

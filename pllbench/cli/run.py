@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .. import machine
 from ..errors import PllbenchError
 from .common import common_data_options, echo_err, parse_device, runs_option, runs_root
 from .grid_options import GridOptions, grid_spec_options
@@ -127,8 +128,8 @@ def report_results(jobs: list, results: list[dict]) -> None:
               help="No progress bar (on a terminal) or per-epoch lines (otherwise); the header still prints.")
 @click.option("--compile", "compile_nets", is_flag=True, help="torch.compile the methods' backbones (speed only).")
 @click.option("--bf16", is_flag=True,
-              help="bfloat16 autocast (default fp32; a separate run id); on a CPU only with native bfloat16 "
-                   "(avx512_bf16, AMX).")
+              help="bfloat16 autocast (default fp32; a separate run id); on a CPU it pays only with native "
+                   "bfloat16 (avx512_bf16, AMX), and the run says so when they are missing.")
 @common_data_options
 @click.pass_context
 def run(ctx, grid: GridOptions, launcher, workers, address, gpus_per_job, cpus_per_job, runs_dir, no_progress,
@@ -145,7 +146,10 @@ def run(ctx, grid: GridOptions, launcher, workers, address, gpus_per_job, cpus_p
     options = launch_options(file_launch, launcher, workers, address, gpus_per_job, cpus_per_job)
     root = runs_root(runs_dir)
     if options.launcher == "local":
-        parse_device(device)  # refuse a missing CUDA here; remote launchers check on their own machines
+        local = parse_device(device)  # refuse a missing CUDA here; remote launchers check on their own machines
+        if bf16 and local.type == "cpu" and machine.native_bf16_flags() == []:
+            echo_err("note: this CPU has no native bfloat16 (avx512_bf16 or AMX), so --bf16 is emulated here and "
+                     "slower than fp32 (benchmarks/cpu_variants.py)")
     data = data_root or os.environ.get("PLLBENCH_DATA")
     jobs = spec.jobs()
     env = RunEnv(runs=str(root.resolve()), cache=str(cache_root(cache_dir).resolve()),
