@@ -14,6 +14,7 @@ import argparse
 import heapq
 from pathlib import Path
 
+from pllbench.leaderboard_tables import duration
 from pllbench.method import method_names
 from pllbench.results import load_runs
 
@@ -24,10 +25,6 @@ def packed_wall(jobs: list[float], workers: int) -> float:
     for job in sorted(jobs, reverse=True):
         heapq.heappush(free, heapq.heappop(free) + job)
     return max(free)
-
-
-def hours(minutes: float) -> str:
-    return f"{int(minutes // 60)} h {round(minutes % 60):02d} min"
 
 
 def main() -> None:
@@ -57,7 +54,7 @@ def main() -> None:
     print("| run times | core-minutes | wall |\n|---|---|---|")
     for name, table in (("fastest", fastest), ("median", median)):
         jobs = [minutes for minutes in table.values() for _ in range(args.seeds)]
-        print(f"| {name} | {sum(jobs):,.0f} | {hours(packed_wall(jobs, args.workers))} |")
+        print(f"| {name} | {sum(jobs):,.0f} | {duration(60 * packed_wall(jobs, args.workers))} |")
     if missing:
         print(f"\nno finished run, left out: {', '.join(missing)}")
 

@@ -34,11 +34,11 @@ def identical_rows(board: Board, read=read_final_predictions) -> list[tuple[str,
     group's first row (rows may have finished different seeds: they are compared on the seeds they share)."""
     groups = []
     for column, done in board.done.groupby("dataset_column", sort=False):
-        labels = sorted(set(done["label"]))
+        paths = {label: seed_paths(board, label, column) for label in sorted(set(done["label"]))}
+        labels = list(paths)
         while len(labels) > 1:
             first, rest = labels[0], labels[1:]
-            seeds = {label: twins(seed_paths(board, first, column), seed_paths(board, label, column), read)
-                     for label in rest}
+            seeds = {label: twins(paths[first], paths[label], read) for label in rest}
             group = [label for label in rest if seeds[label]]
             if group:
                 groups.append((column, [first, *group], sorted(set().union(*(seeds[lb] for lb in group)))))
