@@ -11,20 +11,13 @@ are the closest to an otherwise idle machine; the median is what a shared one ga
 from __future__ import annotations
 
 import argparse
-import heapq
+import statistics
 from pathlib import Path
 
+from pllbench.cost import default_runs, packed_wall, run_seconds
 from pllbench.leaderboard_tables import duration
 from pllbench.method import method_names
 from pllbench.results import load_runs
-
-
-def packed_wall(jobs: list[float], workers: int) -> float:
-    """Makespan of `jobs` (durations) on `workers`: longest first, each onto the worker that frees up first."""
-    free = [0.0] * workers
-    for job in sorted(jobs, reverse=True):
-        heapq.heappush(free, heapq.heappop(free) + job)
-    return max(free)
 
 
 def main() -> None:
@@ -37,18 +30,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     methods = method_names() if args.methods == "all" else args.methods.split(",")
-    runs = load_runs(Path(args.runs))
-    runs = runs[(runs["state"] == "done") & (runs["preset"] == args.preset) & (runs["dataset"] == args.dataset)
-                & ~runs["label"].str.contains("{", regex=False)]
+    runs = default_runs(load_runs(Path(args.runs)), args.preset, args.dataset)
     print(f"{args.dataset}, preset {args.preset}: finished runs in {args.runs}\n")
     print("| method | runs | median run (min) | fastest run (min) |\n|---|---|---|---|")
     median, fastest, missing = {}, {}, []
     for method in methods:
-        seconds = runs.loc[runs["method"] == method, "seconds"]
-        if seconds.empty:
+        seconds = run_seconds(runs, method)
+        if not seconds:
             missing.append(method)
             continue
-        median[method], fastest[method] = seconds.median() / 60, seconds.min() / 60
+        median[method], fastest[method] = statistics.median(seconds) / 60, min(seconds) / 60
         print(f"| {method} | {len(seconds)} | {median[method]:.1f} | {fastest[method]:.1f} |")
     print(f"\n`--methods {args.methods} --seeds <{args.seeds} seeds>` on {args.workers} workers:\n")
     print("| run times | core-minutes | wall |\n|---|---|---|")

@@ -8,7 +8,8 @@ bank confidence in that class and divided by that class's count in the batch; th
 
 Deviations:
 - Fixed bug [D8]: the official contrastive weights read bank rows 0..B−1 (the position in the batch) instead of the
-  instances' dataset rows; pllbench reads rows idx (PLENCH keeps the bug).
+  instances' dataset rows; pllbench reads rows idx (PLENCH keeps the bug). `weight_lookup=batch_position` reads the
+  rows the official code reads, to compare with it (benchmarks/parity, docs/parity.md).
 - The pseudo-label argmax_j p_j·Y_j is taken over the candidates' logits (identical unless the softmax of every
   candidate underflows to 0, where the official product lets a non-candidate win).
 - The contrastive log-probability uses an exact logsumexp over b' ≠ a (the official subtracts the row max first,
@@ -22,12 +23,20 @@ import torch
 from pllbench.losses import candidate_argmax, contrastive_chance, renormalize, soft_cross_entropy
 from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.proden import proden_update
+from pllbench.tune_space import log_uniform
 
 
 def able_weights(bank_rows: torch.Tensor, cands: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """W_ib = s_{i,ŷ_b}·Y_{i,ŷ_b} / n_{ŷ_b} (B×B), n_c = #{b : ŷ_b = c}."""
     counts = torch.bincount(pred, minlength=cands.shape[1]).to(bank_rows.dtype)
     return bank_rows[:, pred] * cands[:, pred] / counts[pred][None, :]
+
+
+def able_weight_rows(bank: torch.Tensor, index: torch.Tensor, lookup: str) -> torch.Tensor:
+    """The bank rows the contrastive weights read for a batch of dataset rows `index`: the anchors' own rows
+    (`instance`, as the paper describes) or rows 0..B−1, the anchors' positions in the batch (`batch_position`, what
+    the official code reads)."""
+    return bank[index] if lookup == "instance" else bank[:len(index)]
 
 
 def able_contrastive_loss(feats: torch.Tensor, weights: torch.Tensor, tau: float,
@@ -49,8 +58,11 @@ class ABLE(Method):
     summary = "ABLE (IJCAI'22): confidence-weighted contrastive positives from candidate-set predictions"
     views = ("weak", "strong")
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
-        "tau": HP(0.1, "temperature τ of the contrastive term", low=0, low_open=True),
-        "cont_weight": HP(1.0, "weight of the contrastive term L_con", low=0),
+        "tau": HP(0.1, "temperature τ of the contrastive term", low=0, low_open=True, tune=log_uniform(0.03, 0.3)),
+        "cont_weight": HP(1.0, "weight of the contrastive term L_con", low=0, tune=log_uniform(0.5, 2.0)),
+        "weight_lookup": HP("instance", "bank rows of the contrastive weights: the anchors' own (paper) or rows "
+                                        "0..B-1 by batch position (the official code's)",
+                            choices=("instance", "batch_position"), implicit="instance"),
     }
 
     def __init__(self, ctx, hp):
@@ -65,7 +77,8 @@ class ABLE(Method):
         weak_logits = logits[:b]
         rows = self.bank[batch.index]
         loss_cls = soft_cross_entropy(weak_logits, rows)
-        weights = able_weights(rows, cands, candidate_argmax(weak_logits.detach().float(), cands))
+        weight_rows = able_weight_rows(self.bank, batch.index, self.hp["weight_lookup"])
+        weights = able_weights(weight_rows, cands, candidate_argmax(weak_logits.detach().float(), cands))
         loss_con = able_contrastive_loss(feats.float(), weights, self.hp["tau"])
         tiled = weights.detach().repeat(2, 2)
         mass = (tiled.sum(dim=1) - tiled.diagonal()).mean()  # W' has a zero diagonal

@@ -42,6 +42,7 @@ from pllbench.losses import (
 )
 from pllbench.method import HP, ArtifactRequest, Batch, EMATeacherMethod, register_method
 from pllbench.queue import RingQueue
+from pllbench.tune_space import choice, log_uniform
 
 
 def posneg_weights(p: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -75,14 +76,16 @@ class CAD(EMATeacherMethod):
         "edits": HP("", "pin one stored edit artifact when several match the run's candidates",
                     note="hash prefix or ''"),
         "align_weight": HP(1.5, "weight λ of the alignment term over the edits (0: no edit forwards, as cad-norl)",
-                           low=0),
+                           low=0, tune=log_uniform(0.3, 3.0)),
         "penalize_noncandidates": HP(True, "include the −ω·log(1 − p) penalty on the non-candidates in L_cls"),
-        "tau": HP(0.12, "temperature τ of the alignment term (WCL; MoCo before prot_start)", low=0, low_open=True),
+        "tau": HP(0.12, "temperature τ of the alignment term (WCL; MoCo before prot_start)", low=0, low_open=True,
+                  tune=log_uniform(0.05, 0.3)),
         "tau_d": HP(0.1, "temperature τ_d of the WCL weights (cosine of the teacher's logits on the edits)", low=0,
-                    low_open=True),
+                    low_open=True, tune=log_uniform(0.05, 0.5)),
         "queue_size": HP(4096, "rows Q of the edit key, logit and class queues", low=1, note=">= edits per batch"),
         "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
         **EMATeacherMethod.hparams,  # the shell's own (ema, teacher_init)
+        "ema": EMATeacherMethod.hp_specs["ema"].with_tune(choice(0.5, 0.9, 0.99)),  # as DIRK's
     }
     # the CPU presets train with the identity editor (a control, labelled cad[identity]; see `pllbench augment`);
     # quick's teacher starts as the student, or the head can stay collapsed for most of 15 epochs (calibration.md)
@@ -182,11 +185,14 @@ ABLATIONS = {
 
 
 def register_ablations(base: type[CAD]) -> None:
-    """Register `<base>-norl`, `<base>-noca` and `<base>-noboth` as hyperparameter variants of `base`."""
+    """Register `<base>-norl`, `<base>-noca` and `<base>-noboth` as hyperparameter variants of `base`. A variant's
+    pinned values are not tuned, nor are the alignment term's temperatures once the term is off."""
     for suffix, (overrides, what) in ABLATIONS.items():
+        untuned = set(overrides) | ({"tau", "tau_d"} if overrides.get("align_weight") == 0 else set())
+        pinned = {k: base.hp_specs[k].with_tune(None, default=overrides.get(k, base.hparams[k])) for k in untuned}
         variant = type(f"{base.__name__}_{suffix}", (base,), {
             "__module__": base.__module__, "__doc__": f"{base.name} {what}.",
-            "summary": f"{base.name} ablation: {what}", "hparams": {**base.hparams, **overrides}})
+            "summary": f"{base.name} ablation: {what}", "hparams": {**base.hparams, **pinned}})
         register_method(f"{base.name}-{suffix}")(variant)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pllbench.method import HP, ArtifactRequest, Batch, register_method
+from pllbench.tune_space import uniform
 
 from .cad import CAD, register_ablations
 
@@ -34,7 +35,8 @@ class CADCAM(CAD):
     summary = "CAD-CAM: CAD with online edits from the EMA teacher's class activation maps"
     views = ("base", "cls")
     hparams = {**{k: v for k, v in CAD.hparams.items() if k not in ("editor", "edits")},  # CAD's declarations
-               "eps": HP(0.2, "brightness kept outside the teacher's class activation map", low=0, high=1)}
+               "eps": HP(0.2, "brightness kept outside the teacher's class activation map", low=0, high=1,
+                         tune=uniform(0.0, 0.5))}
     preset_hparams = {}  # the family's (CAD's) apply: quick's teacher_init; its editor keys are not declared here
 
     @classmethod

@@ -35,6 +35,7 @@ from pllbench.losses import candidate_argmax, renormalize, soft_cross_entropy
 from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.proden import proden_update
 from pllbench.nets import build_backbone
+from pllbench.tune_space import log_uniform
 
 
 class ClassWiseDecoder(nn.Module):
@@ -104,10 +105,11 @@ class CEL(Method):
     summary = "CEL (KDD'25): class-wise embeddings from a query decoder, associative and prototype losses"
     views = ("weak", "strong")
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
-        "alpha": HP(0.5, "weight α of the class-associative loss L_cal", low=0),
-        "gamma1": HP(1.0, "weight γ1 of the non-candidate pairs inside L_cal", low=0),
-        "beta": HP(1.0, "weight β of the prototype-discriminative loss L_pdl (after warm-up)", low=0),
-        "gamma2": HP(1.0, "weight γ2 of the other prototypes inside L_pdl", low=0),
+        "alpha": HP(0.5, "weight α of the class-associative loss L_cal", low=0, tune=log_uniform(0.05, 1.0)),
+        "gamma1": HP(1.0, "weight γ1 of the non-candidate pairs inside L_cal", low=0, tune=log_uniform(0.5, 2.0)),
+        "beta": HP(1.0, "weight β of the prototype-discriminative loss L_pdl (after warm-up)", low=0,
+                   tune=log_uniform(0.25, 2.0)),
+        "gamma2": HP(1.0, "weight γ2 of the other prototypes inside L_pdl", low=0, tune=log_uniform(0.5, 5.0)),
         "dim": HP(512, "width D of the class-wise decoder's embeddings", low=1, note="divisible by heads"),
         "heads": HP(8, "heads of the decoder's cross-attention", low=1),
         "ffn": HP(2048, "hidden width of the decoder's feed-forward block", low=1),
@@ -117,10 +119,15 @@ class CEL(Method):
     preset_hparams = {"quick": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
                       "smoke": {"dim": 16, "heads": 2, "ffn": 32, "warmup_epochs": 1}}
 
+    @classmethod
+    def check_hparams(cls, hp: dict, run: dict) -> None:
+        if hp["dim"] % hp["heads"]:
+            raise PllbenchError(f"{cls.name}: dim {hp['dim']} is not divisible by heads {hp['heads']} (each head "
+                                f"takes dim / heads features); pass --hp {cls.name}.dim=N with N a multiple of "
+                                f"{hp['heads']}")
+
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        if hp["dim"] % hp["heads"]:
-            raise PllbenchError(f"cel: dim {hp['dim']} is not divisible by heads {hp['heads']}")
         self.backbone = build_backbone(ctx.backbone)
         self.decoder = ClassWiseDecoder(self.backbone.out_dim, ctx.num_classes, hp["dim"], hp["heads"], hp["ffn"],
                                         hp["dropout"])

@@ -24,8 +24,9 @@ from pllbench.losses import (
     soft_cross_entropy,
     weighted_contrastive_loss,
 )
-from pllbench.method import HP, Batch, EMATeacherMethod, register_method
+from pllbench.method import HP, Batch, EMATeacherMethod, check_at_least_batch, register_method
 from pllbench.queue import RingQueue
+from pllbench.tune_space import choice, log_uniform, uniform
 
 
 def rectify(p: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -68,12 +69,18 @@ class DIRK(EMATeacherMethod):
         "prot_start": HP(1, "first epoch of the WCL term; earlier epochs use MoCo", low=0),
         "ref_forwards": HP(True, "at λ = 0, keep the no-grad strong forward that moves the student's BN statistics"),
         **EMATeacherMethod.hparams,  # the shell's own (ema, teacher_init)
+        "ema": EMATeacherMethod.hp_specs["ema"].with_tune(choice(0.5, 0.9, 0.99)),
     }
 
     @classmethod
     def views_for(cls, hp: dict) -> tuple[str, ...]:
         """The REF term (λ > 0) reads the weak view (teacher keys) as well as cls and strong."""
         return ("cls", "weak", "strong") if hp["ref_weight"] > 0 else tuple(cls.views)
+
+    @classmethod
+    def check_hparams(cls, hp: dict, run: dict) -> None:
+        if hp["ref_weight"] > 0:  # plain DIRK has no queue
+            check_at_least_batch(cls.name, "queue_size", hp, run, "every REF step enqueues a whole batch of keys")
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
@@ -121,7 +128,10 @@ class DIRK(EMATeacherMethod):
 class DIRKREF(DIRK):
     summary = "DIRK-REF: DIRK plus the weighted contrastive representation term (lambda = 1)"
     views = ("cls", "weak", "strong")
-    hparams = {**DIRK.hparams, "ref_weight": 1.0}
+    hparams = {**DIRK.hparams,  # the REF term's own hyperparameters are tuned only where the term is on
+               "ref_weight": DIRK.hp_specs["ref_weight"].with_tune(uniform(0.1, 1.0), default=1.0),
+               "tau": DIRK.hp_specs["tau"].with_tune(log_uniform(0.03, 0.1)),
+               "tau_d": DIRK.hp_specs["tau_d"].with_tune(uniform(0.2, 0.6))}
     family = "dirk"
 
 

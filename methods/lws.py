@@ -13,6 +13,7 @@ import torch
 
 from pllbench.losses import renormalize
 from pllbench.method import HP, Batch, ClassifierMethod, register_method
+from pllbench.tune_space import choice
 
 
 def lws_loss(logits: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor, lambda0: float,
@@ -36,7 +37,7 @@ class LWS(ClassifierMethod):
     summary = "LWS (ICML'21): leveraged weighted sigmoid loss over candidates and non-candidates"
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
         "lambda0": HP(1.0, "weight λ0 of the candidates' sigmoid loss", low=0),
-        "lambda1": HP(2.0, "weight λ1 of the non-candidates' sigmoid loss", low=0),
+        "lambda1": HP(2.0, "weight λ1 of the non-candidates' sigmoid loss", low=0, tune=choice(1.0, 2.0)),
     }
 
     def __init__(self, ctx, hp):

@@ -33,18 +33,26 @@ from pllbench.losses import (
     renormalize,
     soft_cross_entropy,
 )
-from pllbench.method import HP, Batch, Method, register_method
+from pllbench.method import HP, Batch, Method, check_at_least_batch, register_method
 from pllbench.nets import ema_update
 from pllbench.queue import RingQueue
+from pllbench.tune_space import choice, log_uniform
 
 
-def prototype_ema(prototypes: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float):
-    """The batch-order EMA μ_y ← γ·μ_y + (1−γ)·q for each (q, y) in turn, then row-normalised, in closed form."""
+def prototype_ema(prototypes: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float,
+                  keep: torch.Tensor | None = None):
+    """The batch-order EMA μ_y ← γ·μ_y + (1−γ)·q for each (q, y) in turn, then row-normalised, in closed form.
+
+    `keep` (B bool, optional): only these rows update (PiCO+'s reliable rows); the others are skipped."""
     onehot = F.one_hot(labels, prototypes.shape[0]).to(feats.dtype)
+    if keep is not None:
+        onehot = onehot * keep[:, None].to(feats.dtype)
     counts = onehot.sum(dim=0)
     rank = (onehot.cumsum(dim=0) * onehot).sum(dim=1)  # 1-based position of each sample among its class's members
     later = counts[labels] - rank  # members of the same class after this one
     weight = (1 - momentum) * momentum ** later
+    if keep is not None:
+        weight = weight * keep.to(feats.dtype)
     summed = torch.zeros_like(prototypes).index_add_(0, labels, weight[:, None] * feats)
     return F.normalize(prototypes * momentum ** counts[:, None] + summed, dim=1)
 
@@ -55,10 +63,14 @@ def phi_schedule(epoch: int, epochs: int, start: float, end: float) -> float:
 
 
 def supcon_loss(q: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, tau: float,
-                tau_base: float = 0.07) -> torch.Tensor:
-    """−(τ/τ_b)·mean_a [Σ_c M_ac·ℓ_ac / Σ_c M_ac], ℓ from `contrast_log_prob`; `mask` has the self column removed."""
+                tau_base: float = 0.07, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """−(τ/τ_b)·mean_a [w_a·Σ_c M_ac·ℓ_ac / Σ_c M_ac], ℓ from `contrast_log_prob`; `mask` has the self column
+    removed; `weights` w (B, optional: 1) weigh the anchors (PiCO+'s reliable and kNN rows)."""
     log_prob = contrast_log_prob(q, feats, tau)
-    return -(tau / tau_base) * ((mask * log_prob).sum(dim=1) / mask.sum(dim=1)).mean()
+    per_anchor = (mask * log_prob).sum(dim=1) / mask.sum(dim=1)
+    if weights is not None:
+        per_anchor = per_anchor * weights
+    return -(tau / tau_base) * per_anchor.mean()
 
 
 @register_method("pico")
@@ -67,14 +79,20 @@ class PiCO(Method):
     views = ("weak", "strong")
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
         "queue_size": HP(8192, "rows of the key feature and pseudo-label queue", low=1, note=">= batch"),
-        "ema": HP(0.999, "momentum m of the key encoder", low=0, high=1, high_open=True),
-        "proto_ema": HP(0.99, "momentum γ of the class prototypes", low=0, high=1, high_open=True),
-        "cont_weight": HP(0.5, "weight λ of the contrastive term", low=0),
+        "ema": HP(0.999, "momentum m of the key encoder", low=0, high=1, high_open=True,
+                  tune=choice(0.9, 0.99, 0.999)),
+        "proto_ema": HP(0.99, "momentum γ of the class prototypes", low=0, high=1, high_open=True,
+                        tune=choice(0.9, 0.99)),
+        "cont_weight": HP(0.5, "weight λ of the contrastive term", low=0, tune=log_uniform(0.25, 1.0)),
         "prot_start": HP(1, "first epoch of prototype disambiguation and SupCon; earlier epochs use MoCo", low=0),
         "tau": HP(0.07, "temperature of the contrastive term", low=0, low_open=True),
         "phi_start": HP(0.95, "moving-average factor φ of the label update at epoch 0", low=0, high=1),
         "phi_end": HP(0.8, "φ at the last epoch (linear from phi_start)", low=0, high=1),
     }
+
+    @classmethod
+    def check_hparams(cls, hp: dict, run: dict) -> None:
+        check_at_least_batch(cls.name, "queue_size", hp, run, "every step enqueues a whole batch of keys")
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)

@@ -39,6 +39,7 @@ from pllbench.errors import PllbenchError
 from pllbench.losses import renormalize, soft_cross_entropy
 from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.proden import proden_update
+from pllbench.tune_space import int_range, log_uniform, uniform
 
 RECON_SIDE = 32  # images larger than this are area-downsampled to 32×32 for the reconstruction target
 
@@ -131,13 +132,13 @@ class VALEN(Method):
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
         "warmup_epochs": HP(10, "PRODEN warm-up epochs W before the kNN graph, the encoder and stage 2", low=0),
         "decoder_dim": HP(0, "hidden width of the input decoder; 0 = the input size (the official shape)", low=0),
-        "knn": HP(3, "neighbours k in the kNN graph of warm-up features", low=1),
+        "knn": HP(3, "neighbours k in the kNN graph of warm-up features", low=1, tune=int_range(2, 6)),
         "alpha": HP(1.0, "weight α_r of the reconstruction loss L_rec", low=0),
-        "beta": HP(0.1, "weight β of the Dirichlet KL term L_α", low=0),
-        "gamma": HP(10.0, "weight γ of the encoder's fit to the bank (L_d)", low=0),
+        "beta": HP(0.1, "weight β of the Dirichlet KL term L_α", low=0, tune=log_uniform(0.01, 1.0)),
+        "gamma": HP(10.0, "weight γ of the encoder's fit to the bank (L_d)", low=0, tune=log_uniform(1.0, 20.0)),
         "theta": HP(1.0, "weight θ of the classifier's fit to the targets d (L_o)", low=0),
         "correct": HP(0.2, "κ: share of the Dirichlet sample in the new targets d (the rest is the bank o)",
-                      low=0, high=1),
+                      low=0, high=1, tune=uniform(0.2, 1.0)),
     }
     preset_hparams = {"quick": {"warmup_epochs": 2, "decoder_dim": 784},
                       "smoke": {"warmup_epochs": 1, "decoder_dim": 768}}

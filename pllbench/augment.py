@@ -51,6 +51,7 @@ from .errors import PllbenchError
 from .tiny_editor import TINY, tiny_pipeline
 from .util import canonical_json, derive_seed, sha256_bytes
 from .views import center_crop
+from .wording import plural
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 RESOLUTION = 256
@@ -102,8 +103,9 @@ def load_prompts(spec: str, dataset: str, classes: list[str]) -> list[str]:
     missing = [c for c in classes if c not in table]
     unknown = sorted(set(table) - set(classes))
     if missing or unknown:
-        what = (f"no entry for {len(missing)} class(es), e.g. {missing[0]!r}" if missing
-                else f"unknown class(es) {', '.join(map(repr, unknown[:3]))}")
+        what = (f"no entry for {plural(len(missing), 'class', 'classes')}, e.g. {missing[0]!r}" if missing
+                else f"{'an unknown class' if len(unknown) == 1 else 'unknown classes'} "
+                     f"{', '.join(map(repr, unknown[:3]))}")
         raise PllbenchError(f"{source} has {what}; its keys must be exactly the class names of {dataset}")
     return [table[c] for c in classes]
 

@@ -14,9 +14,45 @@ import torch
 from .artifacts import load_or_build
 from .errors import PllbenchError
 from .util import derive_seed
+from .wording import percent
 
 GEN_VERSION = "cand-v1"
-CANDIDATE_SOURCES = ("id", "oracle")
+CANDIDATE_SOURCES = ("id", "oracle", "uniform")
+SOURCE_OPTIONS = {"id": {}, "oracle": {}, "uniform": {"q": 0.3}}  # each source's options and their defaults
+
+
+def parse_source(text: str) -> tuple[str, dict]:
+    """`id`, `oracle` or `uniform[:q=0.3]` → (name, options with defaults); bad input is a one-line error."""
+    name, _, rest = str(text).strip().partition(":")
+    if name not in CANDIDATE_SOURCES:
+        raise PllbenchError(f"unknown candidate source {name!r}; choose one of: {', '.join(CANDIDATE_SOURCES)} "
+                            f"(e.g. uniform:q=0.3)")
+    options = dict(SOURCE_OPTIONS[name])
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if key not in options or not eq:
+            valid = ", ".join(f"{k}=<number>" for k in SOURCE_OPTIONS[name]) or "none"
+            raise PllbenchError(f"candidate source {name!r} has no option {item!r}; valid options: {valid}")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise PllbenchError(f"candidate source option {key}={value!r} is not a number") from None
+    if name == "uniform" and not 0.0 <= options["q"] <= 1.0:
+        raise PllbenchError(f"uniform candidate probability q={options['q']!r} must be in [0, 1]")
+    return name, options
+
+
+def source_text(text: str) -> str:
+    """The canonical spelling of a source (`uniform:q=0.3`), as run identities and boards record it."""
+    name, options = parse_source(text)
+    return name + "".join(f":{k}={v!r}" for k, v in sorted(options.items()))
+
+
+def uniform_probs(labels: torch.Tensor, num_classes: int, q: float) -> torch.Tensor:
+    """The instance-independent protocol (PRODEN, PiCO, CRDPLL): every other label enters with probability q."""
+    probs = torch.full((len(labels), num_classes), float(q), dtype=torch.float64)
+    probs[torch.arange(len(labels)), labels] = 1.0
+    return probs
 
 
 def inclusion_probs(logits: torch.Tensor, labels: torch.Tensor, rate: float) -> torch.Tensor:
@@ -82,8 +118,9 @@ def render_report(report: dict, classes: list[str] | None = None) -> str:
     lines = [
         "# Candidate report",
         "",
-        f"- instances: {report['n']}, classes: {k}, rate: {report.get('rate')}",
-        f"- teacher test accuracy: {t['test_acc']:.4f}; on the generation input: {t['gen_acc']:.4f}; "
+        f"- instances: {report['n']}, classes: {k}, source: {report['key'].get('source', 'id')}, "
+        f"rate: {report.get('rate')}",
+        f"- teacher test accuracy: {percent(t['test_acc'])}; on the generation input: {percent(t['gen_acc'])}; "
         f"mean p_y: {t['mean_p_true']:.4f}",
         f"- |S|: mean {s['mean']:.3f} (expected {s['expected_mean']:.3f}), median {s['median']:g}, "
         f"min {s['min']}, max {s['max']}, std {s['std']:.3f}; |S|=1: {s['share_1']:.3%}, |S|=K: {s['share_K']:.3%}",
@@ -130,28 +167,37 @@ def get_candidates(cache: Path, *, dataset: dict, train_spec: dict, teacher_key_
                    gen_batch: int | None = None, classes=None, source: str = "id") -> CandidateSet:
     """Load or build the candidate artifact. `logits_fn()` gives the teacher logits on the train rows.
 
-    `source`: "id" (the instance-dependent generator) or "oracle" (the reference row: every set is {y}, i.e. the
-    same generator at rate 0). Either way the true labels stay inside the generator; methods see only the matrix.
+    `source`: "id" (the instance-dependent generator), "oracle" (the reference row: every set is {y}, i.e. the
+    same generator at rate 0) or "uniform:q=…" (instance-independent: each other label with probability q, keyed
+    without the teacher, which only fills the report). The true labels stay inside the generator; methods see only
+    the matrix.
     """
-    if source not in CANDIDATE_SOURCES:
-        raise PllbenchError(f"unknown candidate source {source!r}; choose one of: {', '.join(CANDIDATE_SOURCES)}")
-    if source == "oracle":
+    name, options = parse_source(source)
+    if name == "oracle":
         rate = 0.0
     key = {"kind": "candidates", "dataset": dataset, "train": train_spec, "teacher": teacher_key_hash,
            "teacher_sha256": teacher_sha, "teacher_mode": teacher_mode,
            "gen_batch": gen_batch if teacher_mode == "train" else None, "rate": float(rate), "seed": int(seed),
            "version": GEN_VERSION}
-    if source != "id":  # keeps the hashes of every ID candidate set made before sources existed
-        key["source"] = source
+    if name == "uniform":
+        key = {"kind": "candidates", "dataset": dataset, "train": train_spec, "rate": options["q"], "seed": int(seed),
+               "version": GEN_VERSION}
+    if name != "id":  # keeps the hashes of every ID candidate set made before sources existed
+        key["source"] = source_text(source)
 
     def build(tmp: Path) -> dict:
         start = time.time()
         logits = logits_fn().float()
-        q = inclusion_probs(logits, labels, rate)
-        cands = sample_candidates(q, labels, ("candidates", dataset["name"], seed)).numpy()
+        if name == "uniform":
+            q = uniform_probs(labels, logits.shape[1], options["q"])
+            cands = sample_candidates(q, labels, ("candidates-uniform", dataset["name"], seed)).numpy()
+        else:
+            q = inclusion_probs(logits, labels, rate)
+            cands = sample_candidates(q, labels, ("candidates", dataset["name"], seed)).numpy()
         teacher = teacher_stats_fn(logits)
         report = build_report(cands, labels.numpy(), q.numpy(), teacher)
-        report.update({"rate": rate, "seed": seed, "key": key, "seconds": round(time.time() - start, 3)})
+        report.update({"rate": options["q"] if name == "uniform" else rate, "seed": seed, "key": key,
+                       "seconds": round(time.time() - start, 3)})
         (tmp / "candidates.npy").write_bytes(_npy_bytes(cands))
         (tmp / "teacher_logits.npy").write_bytes(_npy_bytes(logits.numpy()))
         (tmp / "cooccurrence.npy").write_bytes(_npy_bytes(np.array(report["cooccurrence"], dtype=np.int64)))

@@ -3,6 +3,7 @@ image set every run works on (uint8 tensors, labels kept apart). The contract it
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,14 +87,31 @@ def parse_dataset_name(text: str) -> tuple[str, dict]:
     return name.strip(), options
 
 
+def dataset_options(cls: type[Dataset]) -> list[str] | None:
+    """The options a dataset class takes (its constructor's named parameters), or None when it takes any (**kw)."""
+    if cls.__init__ is object.__init__:
+        return []
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def get_dataset(text: str) -> Dataset:
-    """The loader instance for `text` (a registered name, optionally with options)."""
+    """The loader instance for `text` (a registered name, optionally with options); an unknown option or a bad
+    value is one line that names the options the dataset takes."""
     name, options = parse_dataset_name(text)
     cls = dataset_class(name)
+    known = dataset_options(cls)
+    takes = f"its options: {', '.join(known)}" if known else "it takes no options"
+    unknown = [key for key in options if known is not None and key not in known]
+    if unknown:
+        raise PllbenchError(f"dataset {name!r} has no option {', '.join(map(repr, unknown))} ({text!r}); {takes}")
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:
-        raise PllbenchError(f"bad options for dataset {name!r}: {exc}") from None
+        given = ",".join(f"{k}={v}" for k, v in options.items())
+        raise PllbenchError(f"bad options for dataset {name!r} ({given}): {exc}; {takes}") from None
 
 
 def data_root(explicit: str | os.PathLike | None) -> Path | None:

@@ -28,7 +28,7 @@ from .errors import PllbenchError
 from .extractors import Extractor
 from .util import sha256_array
 
-ENTANGLE_VERSION = "entangled-v1"
+ENTANGLE_VERSION = "entangled-v2"  # v2: pairs decided on canonical per-pair scores
 DEFAULT_TOP = "0.1,0.01,0.001"
 DEFAULT_THRESHOLDS = "0.9"
 DEFAULT_BLOCK = 4096
@@ -122,6 +122,19 @@ def _first_k(scores, rows, cols, k: int, n: int):
     return scores[order], rows[order], cols[order]
 
 
+def canonical_scores(features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """s_ij = Σ_d f_id·f_jd summed sequentially in float64, rounded to the features' dtype: one value per pair whatever
+    the block shape (a BLAS product's reduction order depends on it: equal scores can differ by an ulp)."""
+    products = features[rows].double() * features[cols].double()
+    return (products.cumsum(dim=1)[:, -1] if products.shape[1] else products.sum(dim=1)).to(features.dtype)
+
+
+def _rounding_margin(features: torch.Tensor) -> float:
+    """A bound on |BLAS score − canonical score| for any summation order: d·eps·max‖f‖² (γ_d bound, both sides)."""
+    d = features.shape[1]
+    return 2.0 * d * torch.finfo(features.dtype).eps * float(features.double().pow(2).sum(dim=1).max())
+
+
 def _block_floor(block: torch.Tensor, k: int) -> float:
     """A score v with at least k valid entries ≥ v in the block (so the global k-th best is ≥ v), or −max float.
 
@@ -136,16 +149,55 @@ def _block_floor(block: torch.Tensor, k: int) -> float:
     return float(torch.topk(tops, k, sorted=False).values.min())
 
 
+def _kth_floor(scores: torch.Tensor, k: int, slack: float) -> float:
+    """(k-th best score) − slack, or −inf when there are fewer than k scores."""
+    if len(scores) < k:
+        return -math.inf
+    return float(torch.topk(scores, k, sorted=False).values.min()) - slack
+
+
+def _count_above(block, tau: float, margin: float, features, order, r0: int, c0: int) -> int:
+    """#{entries > τ}, the entries within `margin` of τ decided on their canonical scores."""
+    rr, cc = torch.nonzero((block > tau - margin) & (block <= tau + margin), as_tuple=True)
+    near = canonical_scores(features, order[r0 + rr], order[c0 + cc])
+    return int(torch.count_nonzero(block > tau + margin)) + int(torch.count_nonzero(near > tau))
+
+
+def _class_sorted_blocks(labels: torch.Tensor, n: int, row_block: int, col_block: int):
+    """The class-sorted order, each class's span in it, and the blocks (r0, r1, c0, c1) holding a sorted q > p."""
+    order = torch.argsort(labels, stable=True)
+    _, sizes = torch.unique_consecutive(labels[order], return_counts=True)
+    ends = torch.cumsum(sizes, 0).tolist()
+    spans = list(zip([0] + ends[:-1], ends))  # class c occupies sorted positions [a, b)
+    blocks = [(r0, min(n, r0 + row_block), c0, min(n, c0 + col_block))
+              for r0 in range(0, n, row_block) for c0 in range((r0 // col_block) * col_block, n, col_block)
+              if min(n, c0 + col_block) - 1 > r0]
+    return order, spans, blocks
+
+
+def _fill_block(block, features, order, spans, r0, r1, c0, c1, row_feats):
+    """Scores of the block, with same-class entries and q ≤ p set to −inf."""
+    col_feats = row_feats if (c0, c1) == (r0, r1) else features[order[c0:c1]]
+    torch.mm(row_feats, col_feats.T, out=block)
+    for a, b in spans:
+        if a < r1 and b > r0 and a < c1 and b > c0:
+            block[max(a, r0) - r0:min(b, r1) - r0, max(a, c0) - c0:min(b, c1) - c0] = -math.inf
+    if c0 <= r1 - 1:  # the block meets the diagonal: drop q ≤ p
+        p = torch.arange(r0, r1, device=block.device)[:, None]
+        q = torch.arange(c0, c1, device=block.device)[None, :]
+        block.masked_fill_(q <= p, -math.inf)
+
+
 @torch.no_grad()
 def top_cross_class_pairs(features: torch.Tensor, labels: torch.Tensor, k: int, thresholds=(),
                           row_block: int = DEFAULT_BLOCK, col_block: int = DEFAULT_BLOCK) -> TopPairs:
     """Exact top-k of cross-class pairs by s_ij = f_i·f_j with ties by (i, j), and n(τ) = #{s > τ}, in R×C blocks.
 
-    `features` are used as given (normalise them first); the products use their dtype on their device, so float32
-    accumulates in float32 and float64 in float64. Extra memory is O(k + R·C + (R + C)·d + N).
-    Rows and columns are visited in class-sorted order (each block gathers its rows), which makes each block's
-    same-class entries a few rectangles (filled with −inf) instead of a full-block mask; every unordered pair is
-    still visited exactly once, and ties are resolved on the original (i, j).
+    `features` are used as given (normalise them first). Blocks are BLAS products in the features' dtype; every pair
+    within the rounding margin of the k-th score (or of a threshold) is decided on its `canonical_scores`, so the
+    answer, ties included, does not depend on the block shape; the scores returned are the canonical ones. Extra
+    memory O(k + near-ties + R·C + (R + C)·d + N). Class-sorted order makes each block's same-class entries a few
+    rectangles; every unordered pair is visited once and ties are resolved on the original (i, j).
     """
     if features.ndim != 2 or not features.is_floating_point():
         raise PllbenchError("features must be a floating N×d matrix")
@@ -158,56 +210,43 @@ def top_cross_class_pairs(features: torch.Tensor, labels: torch.Tensor, k: int, 
         raise PllbenchError("features contain NaN or infinite values")
     device, dtype = features.device, features.dtype
     thresholds = [float(t) for t in thresholds]
-    labels = labels.to(device=device, dtype=torch.long)
-    order = torch.argsort(labels, stable=True)
-    _, sizes = torch.unique_consecutive(labels[order], return_counts=True)
-    ends = torch.cumsum(sizes, 0).tolist()
-    spans = list(zip([0] + ends[:-1], ends))  # class c occupies sorted positions [a, b)
-    floor = torch.finfo(dtype).min  # below every finite score, above the −inf of excluded entries
-    kth = floor
-    best_s = torch.empty(0, dtype=dtype, device=device)
-    best_i = torch.empty(0, dtype=torch.long, device=device)
-    best_j = torch.empty(0, dtype=torch.long, device=device)
-    counts = torch.zeros(len(thresholds), dtype=torch.long, device=device)
+    order, spans, blocks = _class_sorted_blocks(labels.to(device=device, dtype=torch.long), n, row_block, col_block)
+    margin = _rounding_margin(features)
+    cut = -math.inf  # every pair that can be in the top k scores ≥ cut (a lower bound on the k-th score − 2·margin)
+    pool_s = torch.empty(0, dtype=dtype, device=device)
+    pool_i = torch.empty(0, dtype=torch.long, device=device)
+    pool_j = torch.empty(0, dtype=torch.long, device=device)
+    counts = [0] * len(thresholds)
     buffer = torch.empty(min(row_block, n), min(col_block, n), dtype=dtype, device=device)
     with _exact_matmul(device):
-        for r0 in range(0, n, row_block):
-            r1 = min(n, r0 + row_block)
-            row_feats = features[order[r0:r1]]
-            for c0 in range((r0 // col_block) * col_block, n, col_block):
-                c1 = min(n, c0 + col_block)
-                if c1 - 1 <= r0:  # no sorted position q > p in this block
-                    continue
-                block = buffer[:r1 - r0, :c1 - c0]
-                col_feats = row_feats if (c0, c1) == (r0, r1) else features[order[c0:c1]]
-                torch.mm(row_feats, col_feats.T, out=block)
-                for a, b in spans:
-                    if a < r1 and b > r0 and a < c1 and b > c0:
-                        block[max(a, r0) - r0:min(b, r1) - r0, max(a, c0) - c0:min(b, c1) - c0] = -math.inf
-                if c0 <= r1 - 1:  # the block meets the diagonal: drop q ≤ p
-                    p = torch.arange(r0, r1, device=device)[:, None]
-                    q = torch.arange(c0, c1, device=device)[None, :]
-                    block.masked_fill_(q <= p, -math.inf)
-                for t, tau in enumerate(thresholds):
-                    counts[t] += torch.count_nonzero(block > tau)
-                if len(best_s) < k:
-                    kth = max(kth, _block_floor(block, k))
-                hit_rows = torch.nonzero(block.amax(dim=1) >= kth).squeeze(1)
-                if len(hit_rows) == 0:
-                    continue
-                sub = block[hit_rows]
-                rr, cc = torch.nonzero(sub >= kth, as_tuple=True)
-                scores = sub[rr, cc]
-                if len(scores) > k:  # keep the block's own top k, ties at its k-th value included
-                    keep = scores >= torch.topk(scores, k, sorted=False).values.min()
-                    scores, rr, cc = scores[keep], rr[keep], cc[keep]
-                pi, qj = order[r0 + hit_rows[rr]], order[c0 + cc]
-                best_s, best_i, best_j = _first_k(torch.cat([best_s, scores]),
-                                                  torch.cat([best_i, torch.minimum(pi, qj)]),
-                                                  torch.cat([best_j, torch.maximum(pi, qj)]), k, n)
-                if len(best_s) == k:
-                    kth = float(best_s[-1])
-    return TopPairs(best_s, best_i, best_j, dict(zip(thresholds, counts.tolist())))
+        for r0, r1, c0, c1 in blocks:
+            block = buffer[:r1 - r0, :c1 - c0]
+            _fill_block(block, features, order, spans, r0, r1, c0, c1, features[order[r0:r1]])
+            for t, tau in enumerate(thresholds):
+                counts[t] += _count_above(block, tau, margin, features, order, r0, c0)
+            if len(pool_s) < k:
+                cut = max(cut, _block_floor(block, k) - 2 * margin)
+            hit_rows = torch.nonzero(block.amax(dim=1) >= cut).squeeze(1)
+            if len(hit_rows) == 0:
+                continue
+            sub = block[hit_rows]
+            rr, cc = torch.nonzero(sub >= cut, as_tuple=True)
+            scores = sub[rr, cc]
+            own = _kth_floor(scores, k, 2 * margin)  # the block's own top k, near-ties included
+            if own > -math.inf:
+                keep = scores >= own
+                scores, rr, cc = scores[keep], rr[keep], cc[keep]
+            pi, qj = order[r0 + hit_rows[rr]], order[c0 + cc]
+            pool_s, pool_i, pool_j = (torch.cat([pool_s, scores]), torch.cat([pool_i, torch.minimum(pi, qj)]),
+                                      torch.cat([pool_j, torch.maximum(pi, qj)]))
+            pooled = _kth_floor(pool_s, k, 2 * margin)
+            if pooled > -math.inf:
+                keep = pool_s >= pooled
+                pool_s, pool_i, pool_j = pool_s[keep], pool_i[keep], pool_j[keep]
+                cut = max(cut, pooled)
+    exact = canonical_scores(features, pool_i, pool_j)
+    best_s, best_i, best_j = _first_k(exact, pool_i, pool_j, k, n)
+    return TopPairs(best_s, best_i, best_j, dict(zip(thresholds, counts)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

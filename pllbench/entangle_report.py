@@ -90,6 +90,21 @@ def read_record(path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def earlier_analysis(root: Path, dataset_key: dict, preset: str, key: str) -> tuple[list[str], list[str]]:
+    """(top percentages, thresholds) that the finished runs' entangle.json already hold for analysis `key`. A new
+    analysis takes them too, so a later `--top 0.001` keeps the 0.1 % and 0.01 % results of an earlier run (one
+    subsets artifact for all of them, so every percentage stays comparable and reproducible from its hash)."""
+    tops: dict[str, None] = {}
+    taus: dict[str, None] = {}
+    for _, run_dir in finished_runs(root, dataset_key, preset):
+        analyses = read_record(run_dir / "entangle.json").get("subsets")
+        entry = analyses.get(key) if isinstance(analyses, dict) else None
+        for found, field in ((tops, "top"), (taus, "threshold_counts")):
+            values = entry.get(field) if isinstance(entry, dict) else None
+            found.update(dict.fromkeys(map(str, values if isinstance(values, dict) else ())))
+    return list(tops), list(taus)
+
+
 def is_current(record: dict, key: str, artifact: str, manifest: str | None) -> bool:
     """True when `record` already holds analysis `key` of this subsets artifact for this exact run content."""
     analyses = record.get("subsets")

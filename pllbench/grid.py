@@ -37,10 +37,8 @@ from .runs import (
     remove_resume_state,
     verify_finished,
 )
-from .util import atomic_write_json, key_hash
-
-GRIDS_DIR = "_grids"
-
+from .util import key_hash
+from .wording import percent
 
 # ---------------------------------------------------------------------------------------------------- the spec
 
@@ -73,9 +71,13 @@ class GridSpec:
     val_fraction: float = 0.0
     candidate_seed: int | None = None
     bf16: bool = False
+    candidates: str = "id"  # the candidate source of the PLL methods (reference rows keep their own)
 
     def __post_init__(self):
+        from .candidates import source_text
+
         self.hp = canonical_overrides(self.hp)
+        self.candidates = source_text(self.candidates)
 
     def identity(self) -> dict:
         ident = {"methods": list(self.methods), "datasets": list(self.datasets), "seeds": list(self.seeds),
@@ -83,20 +85,24 @@ class GridSpec:
                  "val_fraction": self.val_fraction, "candidate_seed": self.candidate_seed}
         if self.bf16:  # grids of fp32 runs keep the ids they had before bf16 was recorded
             ident["bf16"] = True
+        if self.candidates != "id":  # so do grids of ID candidates
+            ident["candidates"] = self.candidates
         return ident
 
     @classmethod
     def from_identity(cls, ident: dict) -> GridSpec:
         return cls(list(ident["methods"]), list(ident["datasets"]), [int(s) for s in ident["seeds"]],
                    ident["preset"], ident.get("epochs"), canonical_overrides(ident.get("hp")),
-                   float(ident.get("val_fraction", 0.0)), ident.get("candidate_seed"), bool(ident.get("bf16")))
+                   float(ident.get("val_fraction", 0.0)), ident.get("candidate_seed"), bool(ident.get("bf16")),
+                   ident.get("candidates", "id"))
 
     @property
     def id(self) -> str:
         return key_hash(self.identity(), 10)
 
     def describe(self) -> str:
-        extra = (f", epochs {self.epochs}" if self.epochs else "") + (", bf16" if self.bf16 else "")
+        extra = (f", epochs {self.epochs}" if self.epochs else "") + (", bf16" if self.bf16 else "") + \
+            (f", candidates {self.candidates}" if self.candidates != "id" else "")
         return (f"{','.join(self.methods)} × {' '.join(self.datasets)} × seeds {','.join(map(str, self.seeds))} "
                 f"(preset {self.preset}{extra})")
 
@@ -115,7 +121,7 @@ class GridSpec:
     def jobs(self) -> list[Job]:
         """Dataset, then seed, then method: consecutive jobs share one prepared dataset and candidate set."""
         return [Job(m, d, s, self.preset, self.epochs, self._job_hp(m), self.val_fraction, self.candidate_seed,
-                    self.bf16)
+                    self.bf16, candidates=self.candidates)
                 for d in self.datasets for s in self.seeds for m in self.methods]
 
     def _job_hp(self, method: str) -> dict:
@@ -143,6 +149,8 @@ class Job:
     val_fraction: float = 0.0
     candidate_seed: int | None = None
     bf16: bool = False
+    tuned: dict | None = field(default=None, hash=False)  # a study's chosen configuration (RunConfig.tuned)
+    candidates: str = "id"  # candidate source asked for (`uniform:q=0.3`); reference rows keep their own
 
     def key(self) -> dict:
         key = {"method": self.method, "dataset": self.dataset, "seed": self.seed, "preset": self.preset,
@@ -150,6 +158,10 @@ class Job:
                "candidate_seed": self.candidate_seed}
         if self.bf16:  # fp32 jobs keep the ids they had before bf16 was recorded
             key["bf16"] = True
+        if self.tuned:  # so are untuned jobs' ids
+            key["tuned"] = self.tuned
+        if self.candidates != "id":  # and jobs on ID candidates
+            key["candidates"] = self.candidates
         return key
 
     @property
@@ -165,7 +177,8 @@ class Job:
         candidates, RunConfig.with_artifacts)."""
         return RunConfig.resolve(self.method, self.dataset, self.preset, self.seed, overrides=self.hp,
                                  epochs=self.epochs, val_fraction=self.val_fraction,
-                                 candidate_seed=self.candidate_seed, bf16=self.bf16, compile=compile)
+                                 candidate_seed=self.candidate_seed, bf16=self.bf16, compile=compile,
+                                 tuned=self.tuned, candidates=self.candidates)
 
     def signature(self) -> str:
         """What a run folder of this job matches on (everything but the artifact hashes): RunConfig.signature."""
@@ -236,10 +249,9 @@ _PREPARED: dict = {}  # the last prepared (dataset, preset, seed) of this proces
 
 
 def _prepared(job: Job, env: RunEnv, device, echo):
-    from .method import get_method
     from .prepare import prepare
 
-    source = get_method(job.method).candidate_source
+    source = job.run_config().candidate_source
     key = (env.session, job.dataset, job.preset, job.seed, job.candidate_seed, source, env.cache, env.data_root,
            env.download, str(device))
     if key not in _PREPARED:
@@ -250,7 +262,7 @@ def _prepared(job: Job, env: RunEnv, device, echo):
                            candidate_source=source, echo=echo)
             rep = prep.candidates.report
             echo(f"candidates {prep.candidates.hash} ({job.dataset}, seed {job.seed}): mean |S| "
-                 f"{rep['size']['mean']:.3f}, teacher test accuracy {rep['teacher']['test_acc']:.4f}")
+                 f"{rep['size']['mean']:.3f}, teacher test accuracy {percent(rep['teacher']['test_acc'])}")
         except Exception as exc:  # noqa: BLE001 — every job of this (dataset, seed) fails with it, the grid goes on
             if env.debug:
                 raise
@@ -360,22 +372,3 @@ def execute_job(job: Job, env: RunEnv, echo=_stderr) -> dict:
         log_attempt(run_dir, "done", job=job.id, wall_seconds=round(time.time() - started, 2))
     echo(f"{run}: final-epoch test accuracy {100 * final['test_acc']:.2f}% on {test_images} test images")
     return _result(job, "done", run, final, test_images=test_images)
-
-
-def record_grid(runs: Path, spec: GridSpec) -> Path:
-    path = Path(runs) / GRIDS_DIR / f"{spec.id}.json"
-    if not path.exists():
-        atomic_write_json(path, {"id": spec.id, "spec": spec.identity(), "created": round(time.time(), 3),
-                                 "jobs": len(spec.jobs())})
-    return path
-
-
-def recorded_grids(runs: Path) -> list[GridSpec]:
-    out = []
-    for path in sorted((Path(runs) / GRIDS_DIR).glob("*.json"), key=lambda p: p.stat().st_mtime):
-        data = read_json(path)
-        try:
-            out.append(GridSpec.from_identity(data["spec"]))
-        except (TypeError, KeyError, ValueError):
-            continue
-    return out

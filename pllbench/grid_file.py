@@ -15,7 +15,8 @@ _TOP_KEYS = {
     "methods": "a list of method names (or \"all\")", "datasets": "a list of dataset names",
     "seeds": "a list of non-negative integers", "preset": "a preset name", "epochs": "a positive integer",
     "hp": "a table of key = value (and [hp.METHOD] tables)", "val_fraction": "a number in [0, 0.5]",
-    "candidate_seed": "an integer", "launcher": f"one of {', '.join(LAUNCHERS)}",
+    "candidate_seed": "an integer", "candidates": "a candidate source (\"id\" or \"uniform:q=0.3\")",
+    "launcher": f"one of {', '.join(LAUNCHERS)}",
     "workers": "a positive integer", "address": "a Ray address string", "gpus_per_job": "a number >= 0",
     "cpus_per_job": "a number > 0", "slurm": f"a table with keys {', '.join(SLURM_KEYS)}",
 }
@@ -75,6 +76,10 @@ def load_grid_file(path: str | Path) -> tuple[dict, dict]:
             if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
                 raise bad(key)
             spec[key] = [int(s) for s in seeds]
+        elif key == "candidates":
+            if not isinstance(value, str) or not value:
+                raise bad(key)
+            spec[key] = value
         elif key == "preset" or key == "address":
             if not isinstance(value, str) or not value:
                 raise bad(key)

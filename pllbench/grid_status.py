@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PllbenchError
-from .grid import GridSpec, recorded_grids, run_signature
+from .grid import GridSpec, run_signature
+from .grid_records import recorded_grids
 from .runs import RunFolder, read_job_failure, scan
+from .wording import plural
 
 
 @dataclass
@@ -86,7 +88,7 @@ def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float
     counts = (f"  done {len(status.done)} · running {len(status.running)} · failed {status.failed_count} · "
               f"interrupted {len(status.incomplete)} · corrupt {len(status.corrupt)}")
     if status.total is not None:  # pending: jobs of the spec that never started (failed ones are not pending)
-        counts += f" · pending {len(status.pending)} · {status.total} jobs"
+        counts += f" · pending {len(status.pending)} · {plural(status.total, 'job')}"
     lines = [status.title, counts]
     for r in status.running:
         owner = r.owner or {}
@@ -104,7 +106,7 @@ def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float
     for r in status.done:  # finished, but its projection head collapsed (issue #13: results.projection_collapsed)
         projection = (r.final or {}).get("projection") or {}
         if projection.get("collapsed"):
-            spent = (f", above 0.99 in {projection['collapsed_epochs']} of {projection['epochs']} epochs"
+            spent = (f", above 0.99 in {projection['collapsed_epochs']} of {plural(projection['epochs'], 'epoch')}"
                      if "collapsed_epochs" in projection else "")
             lines.append(f"  collapsed   {r.rel}: projection mean cosine {projection['mean_cos']:.4f} at the end"
                          f"{spent}, effective rank {projection['eff_rank']:.2f} (docs/calibration.md)")
@@ -136,9 +138,9 @@ def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float
         if unknown == len(left):
             lines.append("  ETA         unknown (no epoch measured yet)")
         else:
-            lines.append(f"  ETA         {_duration(total / parallel)} for {sum(e for *_, e in left)} epochs left "
-                         f"at {parallel} job(s) in parallel (measured epoch times)"
-                         + (f"; {unknown} job(s) without an estimate" if unknown else ""))
+            lines.append(f"  ETA         {_duration(total / parallel)} for {plural(sum(e for *_, e in left), 'epoch')} "
+                         f"left at {plural(parallel, 'job')} in parallel (measured epoch times)"
+                         + (f"; {plural(unknown, 'job')} without an estimate" if unknown else ""))
     return "\n".join(lines)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ast
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import PllbenchError
+from .tune_space import Space
 from .views import VIEW_NAMES
 
 
@@ -26,12 +27,25 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def as_bool(value) -> bool | None:
+    """A boolean hyperparameter's value from any accepted spelling (true/false, 1/0, yes/no, any case), else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return BOOL_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
+
+
 @dataclass(frozen=True)
 class HP:
     """One hyperparameter, declared once in its method's file: the default (its type is the hyperparameter's), a
     one-line meaning, and the allowed values, checked when a run is resolved: `low`/`high` bounds (closed unless
     `low_open`/`high_open`) or `choices`. `note` is the range as `pllbench describe` prints it when words say more
-    than the bounds (">= batch")."""
+    than the bounds (">= batch"). `tune` is its search space for `pllbench tune` (pllbench.tune_space; None: kept at
+    its resolved value)."""
 
     default: Any
     doc: str
@@ -41,6 +55,15 @@ class HP:
     low_open: bool = False
     high_open: bool = False
     note: str | None = None
+    tune: Space | None = None
+    # The value every run recorded before this key existed trained with: while a run holds it, the key is left out of
+    # its id, so adding a hyperparameter does not move the ids of the runs made before (None: always in the id).
+    implicit: Any = None
+
+    def with_tune(self, space: Space | None, **changes) -> HP:
+        """This declaration with another search space (and other `changes`), for a variant that tunes a base
+        class's hyperparameter differently (DIRK-REF's REF weight) or pins it (CAD's ablations)."""
+        return replace(self, tune=space, **changes)
 
     @property
     def range_text(self) -> str:
@@ -62,8 +85,10 @@ class HP:
     def problem(self, value) -> str | None:
         """Why `value` is not allowed (None when it is)."""
         default, like = self.default, f"expected a value like {self.default!r}"
-        if isinstance(default, bool) or isinstance(value, bool):
-            return None if isinstance(default, bool) and isinstance(value, bool) else like
+        if isinstance(default, bool):
+            return None if as_bool(value) is not None else "expected true or false (or 1/0, yes/no)"
+        if isinstance(value, bool):
+            return like
         if isinstance(default, int) and not isinstance(value, int):
             return like.replace("a value", "an integer")
         if isinstance(default, float) and not _is_number(value):
@@ -86,6 +111,8 @@ class HP:
     def coerce(self, value):
         """The value in the declared type (an integer given for a float hyperparameter becomes a float; digits
         given for a text one, e.g. a hash prefix, become text)."""
+        if isinstance(self.default, bool):
+            return as_bool(value)
         if isinstance(self.default, float) and _is_number(value):
             return float(value)
         if isinstance(self.default, str) and isinstance(value, int) and not isinstance(value, bool):
@@ -94,7 +121,8 @@ class HP:
 
 
 def parse_value(text: str):
-    """`--hp` values: Python literals (1, 0.5, true/false, 'x', [1,2]); anything else stays a string."""
+    """`--hp` values: Python literals (1, 0.5, true/false, 'x', [1,2]); anything else stays a string (a boolean
+    hyperparameter also takes 1/0 and yes/no: HP.coerce)."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -121,7 +149,8 @@ def canonical_overrides(overrides) -> dict[str, dict]:
 
 
 def parse_hp_overrides(items: list[str]) -> dict[str, dict]:
-    """`key=value` or `method.key=value` → {"*" or method: {key: value}}."""
+    """`key=value` or `method.key=value` → {"*" or method: {key: value}}. A key given twice with two values is
+    refused (which one was meant?); given twice with one value it counts once (the CLI warns: repeated_hp_keys)."""
     out: dict[str, dict] = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -129,8 +158,17 @@ def parse_hp_overrides(items: list[str]) -> dict[str, dict]:
         if not eq or not key or not value.strip():
             raise PllbenchError(f"malformed --hp {item!r}: expected key=value or method.key=value")
         scope, _, bare = key.rpartition(".")
-        out.setdefault(scope or UNSCOPED, {})[bare] = parse_value(value)
+        values, new = out.setdefault(scope or UNSCOPED, {}), parse_value(value)
+        if bare in values and values[bare] != new:
+            raise PllbenchError(f"--hp {key} given twice, {values[bare]!r} and {new!r}; pass it once")
+        values[bare] = new
     return out
+
+
+def repeated_hp_keys(items: list[str]) -> list[str]:
+    """The keys of `--hp` items given more than once (each once, in order)."""
+    keys = [item.partition("=")[0].strip() for item in items]
+    return [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
 
 
 def _checked(cls: type, key: str, value, where: str):
@@ -172,6 +210,13 @@ def check_views(cls: type, hp: dict) -> tuple[str, ...]:
         raise PllbenchError(f"method {cls.name!r} asks for views {', '.join(views) or '(none)'}; each must be one "
                             f"of {', '.join(VIEW_NAMES)}, once")
     return views
+
+
+def check_at_least_batch(method: str, key: str, hp: dict, run: dict, why: str) -> None:
+    """The rule an HP's `note=">= batch"` states, for a Method.check_hparams: hp[key] >= the run's batch size."""
+    if hp[key] < run["batch_size"]:
+        raise PllbenchError(f"{method}: {key} {hp[key]} is below the batch size {run['batch_size']} ({why}); pass "
+                            f"--hp {key}={run['batch_size']} or more, or a smaller --hp batch_size")
 
 
 def check_unscoped_hp(method_classes: list[type], cli) -> None:

@@ -1,7 +1,8 @@
 """Where a grid's jobs run. Each launcher calls `grid.execute_job` once per job and returns the results in job order.
 
 - `local`: this process (`--workers 1`), or N spawned worker processes sharing a job queue; on GPUs worker k sees
-  only GPU k mod n (CUDA_VISIBLE_DEVICES), on the CPU each worker gets cores / N torch threads.
+  only GPU k mod n (CUDA_VISIBLE_DEVICES), on the CPU each worker gets cores / N torch threads. A worker's output
+  reaches this process line by line (WorkerOutput), which prints it: one line per epoch per run, never two mixed.
 - `ray`: one Ray task per job on an existing cluster (`--address`) or a new local one; `--gpus-per-job 0.25` lets
   four small runs share a GPU.
 - `slurm`: a submitit job array, one array task per job. On preemption or time-out submitit calls the task's
@@ -13,17 +14,20 @@ or a grid and a rerun of it, never train the same run twice.
 
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
 import os
 import queue
 import shutil
 import signal
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import PllbenchError
 from .grid import Job, RunEnv, execute_job, one_line
+from .interrupts import INTERRUPTS, sigterm_raises
 
 
 @dataclass
@@ -65,17 +69,76 @@ def visible_gpus(device: str | None) -> list[str]:
     return listed or [str(i) for i in range(torch.cuda.device_count())]
 
 
+class WorkerOutput(io.TextIOBase):
+    """A local worker's sys.stdout and sys.stderr: each complete line goes to the parent, which alone writes the
+    terminal, so the lines of several workers never mix. Not a TTY: a worker prints one line per epoch, no bar."""
+
+    def __init__(self, send):
+        super().__init__()
+        self._send, self._partial = send, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            line = line.rsplit("\r", 1)[-1]  # a carriage-return redraw: its last state
+            if line.strip():
+                self._send(line)
+        return len(text)
+
+
 def _local_worker(slot: int, gpus: list[str], threads: int, env: RunEnv, jobs, results) -> None:
-    """A spawned worker: take jobs until the sentinel. Ctrl-C is the parent's to handle (it terminates us)."""
+    """A spawned worker: take jobs until the sentinel, its output sent to the parent as ("line", text) and each
+    result as ("result", index, result). Ctrl-C is the parent's to handle: it stops us with SIGTERM, which records
+    the interrupted run (grid.execute_job) and releases its claim before we exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout = sys.stderr = WorkerOutput(lambda line: results.put(("line", line)))
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     import torch
 
     torch.set_num_threads(threads)
-    while (item := jobs.get()) is not None:
-        index, job = item
-        results.put((index, execute_job(job, env)))
+    with sigterm_raises():
+        try:
+            while (item := jobs.get()) is not None:
+                index, job = item
+                results.put(("result", index, execute_job(job, env)))
+        except INTERRUPTS:
+            return
+
+
+def _take(message: tuple, results: list, echo) -> None:
+    """One message of a worker: a line to print, or a job's result."""
+    if message[0] == "line":
+        echo(message[1])
+    else:
+        _, index, result = message
+        results[index] = result
+
+
+def _stop_workers(procs: list, messages, results: list, echo) -> None:
+    """Stop the workers still holding jobs (SIGTERM: an interruption or an error here), then join them all while
+    reading their last messages (a worker does not exit before its queued messages are read)."""
+    for proc in procs:
+        if proc.is_alive() and any(r is None for r in results):
+            proc.terminate()
+    while any(proc.is_alive() for proc in procs):
+        try:
+            _take(messages.get(timeout=0.2), results, echo)
+        except queue.Empty:
+            pass
+    for proc in procs:
+        proc.join()
+    while True:
+        try:
+            _take(messages.get_nowait(), results, echo)
+        except queue.Empty:
+            break
 
 
 def run_local(jobs: list[Job], env: RunEnv, workers: int | None, echo) -> list[dict]:
@@ -85,35 +148,28 @@ def run_local(jobs: list[Job], env: RunEnv, workers: int | None, echo) -> list[d
     if workers == 1:
         return [execute_job(job, env, echo) for job in jobs]
     threads = max(1, (os.cpu_count() or 1) // workers)
-    worker_env = replace(env, progress=False, device="cuda" if gpus else env.device)
+    worker_env = replace(env, device="cuda" if gpus else env.device)
     echo(f"{workers} local workers" + (f" over GPUs {','.join(gpus)}" if gpus else f", {threads} threads each"))
     ctx = multiprocessing.get_context("spawn")
-    job_queue, result_queue = ctx.Queue(), ctx.Queue()
+    job_queue, messages = ctx.Queue(), ctx.Queue()
     for item in enumerate(jobs):
         job_queue.put(item)
     for _ in range(workers):
         job_queue.put(None)
-    procs = [ctx.Process(target=_local_worker, args=(k, gpus, threads, worker_env, job_queue, result_queue))
+    procs = [ctx.Process(target=_local_worker, args=(k, gpus, threads, worker_env, job_queue, messages))
              for k in range(workers)]
     for proc in procs:
         proc.start()
     results: list[dict | None] = [None] * len(jobs)
     try:
-        remaining = len(jobs)
-        while remaining:
+        while any(r is None for r in results):
             try:
-                index, result = result_queue.get(timeout=1.0)
+                _take(messages.get(timeout=1.0), results, echo)
             except queue.Empty:
                 if not any(proc.is_alive() for proc in procs):
                     break
-                continue
-            results[index] = result
-            remaining -= 1
     finally:
-        for proc in procs:
-            if proc.is_alive() and any(r is None for r in results):
-                proc.terminate()  # Ctrl-C or an error here: checkpoints are atomic, the kernel frees the locks
-            proc.join()
+        _stop_workers(procs, messages, results, echo)  # checkpoints are atomic; a killed worker's locks are freed
     codes = ", ".join(str(p.exitcode) for p in procs if p.exitcode)
     return [r if r is not None else crashed(job, f"its worker process died (exit codes {codes or '?'})")
             for job, r in zip(jobs, results)]

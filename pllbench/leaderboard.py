@@ -17,7 +17,7 @@ predictions are identical on every seed (one computation under two names) are li
 tables:
 the entangled-subset accuracy per top-p% (entangle.json, written by `pllbench entangle`), the center distance, and
 paired comparisons "vs reference method". The header records the provenance (commits, versions, hardware,
-candidate hashes, time).
+candidate hashes, time). Beside the markdown, a PNG of the learning curves (leaderboard_curves.py).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .leaderboard_compare import (  # noqa: F401 (API)
     parse_comparisons,
     read_final_predictions,
 )
+from .leaderboard_curves import write_curves_plot
 from .leaderboard_data import (  # noqa: F401 (API)
     Board,
     average_ranks,
@@ -51,9 +52,10 @@ CSV_FIELDS = ["table", "row", "source", "dataset", "metric", "mean", "std", "n",
 
 
 def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[str, str]] | None = None,
-           cache: Path | None = None) -> tuple[str, str]:
+           cache: Path | None = None, curves: Path | None = None) -> tuple[str, str]:
     """(markdown, csv) of one board. comparisons: (row, reference row) pairs for the paired-comparison table
-    (default DEFAULT_COMPARISONS); cache: where entangled-subset artifacts are looked up (default: cache_root())."""
+    (default DEFAULT_COMPARISONS); cache: where entangled-subset artifacts are looked up (default: cache_root());
+    curves: the learning-curve PNG beside the markdown, linked in its own section."""
     t = tables.Tables()
     t.lines += [f"# pllbench leaderboard: preset `{board.preset}`", "", "Provenance:", *tables.provenance(board), ""]
     paper = [row for row in paper_numbers() if row["source"] == "paper" and row["setting"] == "id-cad"]
@@ -69,6 +71,11 @@ def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[st
     tables.entangled_table(t, board, paper)
     tables.center_table(t, board, paper)
     comparison_table(t, board, DEFAULT_COMPARISONS if comparisons is None else comparisons, cache, read)
+    if curves is not None:
+        t.lines += ["## Learning curves", "", f"![test accuracy per epoch]({curves.name})", "",
+                    "Test accuracy per epoch, mean over seeds with a band from the lowest to the highest seed; one "
+                    "panel per dataset and method group (references, mission methods, classics, ablations); the "
+                    "candidate teacher's test accuracy dashed among the references.", ""]
     if out_dir is not None:
         tables.plot_links(t, board, out_dir)
     buffer = io.StringIO()
@@ -81,8 +88,9 @@ def render(board: Board, out_dir: Path | None = None, comparisons: list[tuple[st
 def write_leaderboards(root: Path, out: Path, preset: str | None = None, datasets: list[str] | None = None,
                        comparisons: list[tuple[str, str]] | None = None, cache: Path | None = None,
                        methods: list[str] | None = None) -> list[Path]:
-    """Write `<out>/<board>.md` and `.csv` per board (atomically); returns the markdown paths. methods: only these
-    methods' runs (a board of a subset: its provenance, wall time and comparisons cover those runs only)."""
+    """Write `<out>/<board>.md`, `.csv` and the learning curves `-curves.png` per board (atomically); returns the
+    markdown paths. methods: only these methods' runs (a board of a subset: its provenance, wall time and
+    comparisons cover those runs only)."""
     from .errors import PllbenchError
 
     boards = build_boards(root, preset, datasets, methods=methods)
@@ -91,7 +99,8 @@ def write_leaderboards(root: Path, out: Path, preset: str | None = None, dataset
         raise PllbenchError(f"no runs{which} under {root}; run `pllbench run` first (or pass --runs DIR)")
     written = []
     for board in boards:
-        markdown, table = render(board, out, comparisons, cache)
+        curves = write_curves_plot(board, out / f"{board.name}-curves.png")
+        markdown, table = render(board, out, comparisons, cache, curves)
         atomic_write_text(out / f"{board.name}.md", markdown)
         atomic_write_text(out / f"{board.name}.csv", table)
         written.append(out / f"{board.name}.md")

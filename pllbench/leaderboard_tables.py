@@ -13,6 +13,7 @@ from tabulate import DataRow, TableFormat, tabulate
 
 from .leaderboard_data import KEY, Board
 from .results import parse_top_column
+from .wording import plural
 
 # GitHub markdown, one space around each cell and no column padding (so a cell's width never depends on others)
 MARKDOWN = TableFormat(lineabove=None, linebelowheader=lambda widths, _aligns: "|" + "---|" * len(widths),
@@ -122,7 +123,7 @@ def time_line(board: Board) -> str:
     pauses of a grid resumed over several sessions are not counted; the span from the first start to the last
     finish beside it when they differ; and the summed compute seconds."""
     runs = board.runs
-    compute = f"{runs['seconds'].fillna(0).sum():,.0f} s summed over the {len(runs)} run folders"
+    compute = f"{runs['seconds'].fillna(0).sum():,.0f} s summed over the {plural(len(runs), 'run folder')}"
     starts, ends = runs["started_at"].dropna(), runs["finished_at"].dropna()
     if starts.empty or ends.empty or ends.max() < starts.min():
         return f"- Time: compute {compute} (wall time unknown: no attempts.jsonl)"
@@ -131,7 +132,8 @@ def time_line(board: Board) -> str:
     busy, span = union_seconds(intervals), ends.max() - starts.min()
     spanned = "" if abs(span - busy) < 60 else f"; first start to last finish {duration(span)}"
     return (f"- Time: wall **{duration(busy)}** (while at least one run was training: the union of the attempts in "
-            f"the attempts.jsonl of {timed} run folders, {len(intervals)} attempts{spanned}); compute {compute}")
+            f"the attempts.jsonl of {plural(timed, 'run folder')}, {plural(len(intervals), 'attempt')}{spanned}); "
+            f"compute {compute}")
 
 
 def provenance(board: Board) -> list[str]:
@@ -147,7 +149,7 @@ def provenance(board: Board) -> list[str]:
         teacher = f" (teacher `{r['teacher_hash']}`)" if not missing(r["teacher_hash"]) else ""
         source = f" [{r['candidate_source']}]" if r["candidate_source"] != "id" else ""
         cands.setdefault(r["dataset_column"], set()).add(f"s{r['seed']} `{r['candidate_hash']}`{source}" + teacher)
-    settings = [f"{p} ({n} run{'s' if n > 1 else ''})" if len(presets) > 1 else p for p, n in presets.most_common()]
+    settings = [f"{p} ({plural(n, 'run')})" if len(presets) > 1 else p for p, n in presets.most_common()]
     lines = [f"- Preset `{board.preset}`: " + "; ".join(settings),
              f"- Run folders: {len(runs)}",
              f"- Commit: {counted(runs['commit'])}",
@@ -299,7 +301,7 @@ def references_table(t: Tables, board: Board, stats: pd.DataFrame, notes: dict) 
                 row.append("—")
                 continue
             mean, std, n = teacher.loc[column, "mean"], teacher.loc[column, "std"], int(teacher.loc[column, "count"])
-            row.append(f"{mean:.2f}" + (f" ± {std:.2f}" if not missing(std) and std > 0 else "") + f" ({n} runs)")
+            row.append(f"{mean:.2f}{'' if missing(std) or std <= 0 else f' ± {std:.2f}'} ({plural(n, 'run')})")
             t.record("reference", "teacher", "candidates", column, "test_acc", mean, _none(std), n)
         rows.append(row + ["—"])
     t.table(["method", "source", *board.columns, "device-h"], rows)

@@ -84,3 +84,16 @@ def candidate_argmax(values: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
     """argmax_{j∈S_i} v_ij: non-candidates are excluded, not zeroed (the official `(v·Y).argmax` lets a
     non-candidate win when every candidate value is negative, or when the candidates' softmax underflows)."""
     return values.masked_fill(cands == 0, float("-inf")).argmax(dim=1)
+
+
+def linear_rampup(epoch: int, length: float) -> float:
+    """min(e / length, 1): a loss weight's linear ramp-up over `length` epochs (CRDPLL's λ(t), PaPi's α); 1 when
+    length is 0."""
+    return 1.0 if length <= 0 else min(epoch / length, 1.0)
+
+
+def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over the rows where `keep` is true, 0 when none is (an official `v[keep].mean()` is NaN
+    there); a fixed-shape selection, so no host sync."""
+    keep = keep.to(values.dtype)
+    return (values * keep).sum() / keep.sum().clamp(min=1)

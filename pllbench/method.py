@@ -25,6 +25,7 @@ from .hparams import (  # noqa: F401 (the hyperparameter API, used with the meth
     HP,
     UNSCOPED,
     canonical_overrides,
+    check_at_least_batch,
     check_unscoped_hp,
     check_views,
     parse_hp_overrides,
@@ -159,6 +160,13 @@ class Method(nn.Module):
     def views_for(cls, hp: dict) -> tuple[str, ...]:
         """The views a step with these hyperparameters reads, in the order they are drawn (default: `views`)."""
         return tuple(cls.views)
+
+    @classmethod
+    def check_hparams(cls, hp: dict, run: dict) -> None:
+        """Rules between hyperparameters, or between one and the run's settings (`run`: its resolved preset, so
+        run["batch_size"], run["epochs"], ...), that the per-value ranges of the HP declarations cannot state:
+        raise PllbenchError in one line naming the fix. Called when the run is resolved (RunConfig.resolve), before
+        any folder or work; `pllbench describe` shows the rule in the HP's `note`. Most methods have none."""
 
     def __init__(self, ctx: MethodContext, hp: dict):
         super().__init__()

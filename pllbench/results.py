@@ -67,7 +67,9 @@ def dataset_column(config: dict) -> str:
     except PllbenchError:
         defaults = {}
     extra = {k: v for k, v in sorted(options.items()) if defaults.get(k) != v}
-    return name + (":" + ",".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
+    source = candidate_source(config)
+    kind = f" [{source}]" if source.startswith("uniform") else ""  # another kind of ambiguity: its own column
+    return name + (":" + ",".join(f"{k}={v}" for k, v in extra.items()) if extra else "") + kind
 
 
 def candidate_source(config: dict) -> str:

@@ -19,7 +19,10 @@ it trains into), the grid (a job's run, `status` matching folders to jobs), the 
 - `signature`: every field that makes two runs the same run, without artifact hashes (known before the candidates
   are built): what `status` matches job against folder.
 - `label`: the leaderboard name of the run: the method's label plus every departure from its preset (hyperparameters,
-  optimisation overrides such as `lr`, epochs, validation split, bf16): `dirk{lr=0.01}`.
+  optimisation overrides such as `lr`, epochs, validation split, bf16): `dirk{lr=0.01}`; a run of a configuration
+  that `pllbench tune` chose is `dirk{tuned=aa}` (its values are in the tuned board).
+- `tuned`: None, or {"criterion", "study", "trial"} for a run of the configuration a study chose (pllbench.tune):
+  part of its id and signature when set, so such a run is never the default run, and no other run's id moves.
 
 Hyperparameter overrides have one form everywhere (`hparams.canonical_overrides`): {"*": {key: value}, method: {...}}.
 """
@@ -34,6 +37,7 @@ from .errors import PllbenchError
 from .hparams import UNSCOPED, canonical_overrides, check_views, resolve_hparams
 from .method import get_method
 from .presets import method_overrides, own_method_table, resolve_preset
+from .tune_space import OPTIM_SPACE
 from .util import key_hash
 
 # The preset's optimisation settings an unscoped `--hp KEY=VALUE` overrides for every method of the run: (type,
@@ -48,6 +52,24 @@ OPTIM_KEYS = {
     "epochs": (int, lambda v: v >= 1, ">= 1", "training epochs (also --epochs)"),
 }
 CANDIDATE_SOURCE_DEFAULT = "id"
+
+
+def _id_hparams(method: str, hparams: dict) -> dict:
+    """The hyperparameters a run id hashes: all but those at their declared `implicit` value (HP.implicit)."""
+    try:
+        specs = get_method(method).hp_specs
+    except PllbenchError:
+        return hparams
+    return {k: v for k, v in hparams.items()
+            if k not in specs or specs[k].implicit is None or v != specs[k].implicit}
+
+
+def _run_source(method_source: str, asked: str) -> str:
+    """The candidate source of a run: the one asked for (`uniform:q=0.3`), except that a reference row that brings
+    its own (the oracle's true-label sets) keeps it."""
+    from .candidates import source_text
+
+    return method_source if method_source != CANDIDATE_SOURCE_DEFAULT else source_text(asked)
 _RUN_ID_FIELDS = ("method", "hparams", "views", "seed", "dataset", "preset", "val_fraction")
 
 
@@ -120,13 +142,15 @@ class RunConfig:
     compile: bool = False  # torch.compile the backbones (speed only: not part of the id)
     candidate_source: str = CANDIDATE_SOURCE_DEFAULT  # "id", or "oracle" for the reference row
     artifacts: dict | None = field(default=None)
+    tuned: dict | None = None  # {"criterion", "study", "trial"}: the configuration a study chose (pllbench.tune)
 
     # ------------------------------------------------------------------------------------------------ resolving
 
     @classmethod
     def resolve(cls, method: str, dataset: str | dict, preset: str | dict, seed: int, *, overrides=None,
                 epochs: int | None = None, val_fraction: float = 0.0, candidate_seed: int | None = None,
-                bf16: bool = False, compile: bool = False) -> RunConfig:
+                bf16: bool = False, compile: bool = False, tuned: dict | None = None,
+                candidates: str = CANDIDATE_SOURCE_DEFAULT) -> RunConfig:
         """Resolve one run: the preset for the dataset (a name, or a preset dict already resolved for it), the
         optimisation overrides and `epochs` applied to it, the method's hyperparameters (declarations → dataset →
         preset → overrides, each checked against its range) and the views they need (checked)."""
@@ -139,13 +163,15 @@ class RunConfig:
             cfg["epochs"] = int(epochs)
         hp = resolve_hparams(method_cls, key["name"], method_overrides(cfg, method_cls.name, method_cls.family),
                              overrides)
+        method_cls.check_hparams(hp, cfg)  # rules across hyperparameters and the run (queue_size >= batch, ...)
         views = check_views(method_cls, hp)
         if not 0.0 <= float(val_fraction) < 1.0:
             raise PllbenchError(f"val_fraction {val_fraction!r} must be in [0, 1)")
         return cls(method=method, dataset=key, preset=_plain(cfg), seed=int(seed),
                    candidate_seed=int(seed if candidate_seed is None else candidate_seed), hparams=_plain(hp),
                    views=views, val_fraction=float(val_fraction), bf16=bool(bf16), compile=bool(compile),
-                   candidate_source=method_cls.candidate_source).with_own_method_table()
+                   candidate_source=_run_source(method_cls.candidate_source, candidates),
+                   tuned=_plain(tuned) if tuned else None).with_own_method_table()
 
     def with_own_method_table(self) -> RunConfig:
         """This run with only the entries of its preset's method table that apply to it ('*', its family's, its
@@ -190,6 +216,8 @@ class RunConfig:
         if self.candidate_source != CANDIDATE_SOURCE_DEFAULT:
             candidates["source"] = self.candidate_source
         out["candidates"] = candidates
+        if self.tuned:
+            out["tuned"] = _plain(self.tuned)
         return out
 
     @classmethod
@@ -217,7 +245,7 @@ class RunConfig:
         return cls(method=method, dataset=dataset, preset=preset, seed=seed, candidate_seed=candidate_seed,
                    hparams=hparams, views=tuple(views), val_fraction=float(config.get("val_fraction") or 0.0),
                    bf16=bool(config.get("bf16")), compile=bool(config.get("compile")), candidate_source=source,
-                   artifacts=candidates if candidates.get("hash") else None)
+                   artifacts=candidates if candidates.get("hash") else None, tuned=config.get("tuned") or None)
 
     # ------------------------------------------------------------------------------------------------ identity
 
@@ -246,10 +274,13 @@ class RunConfig:
         (`with_artifacts`); a config without artifacts (a partial one) hashes without them."""
         data = self.to_json()
         out = {k: data[k] for k in _RUN_ID_FIELDS}
+        out["hparams"] = _id_hparams(self.method, out["hparams"])
         if self.artifacts is not None:
             out["candidates"] = {k: v for k, v in data["candidates"].items() if k != "seed"}
         if self.bf16:
             out["bf16"] = True
+        if self.tuned:
+            out["tuned"] = data["tuned"]
         return out
 
     @property
@@ -262,7 +293,10 @@ class RunConfig:
         with its preset's whole method table (before 2026-12-02) or only its own entries."""
         data = self.with_own_method_table().to_json()
         ident = {k: data[k] for k in _RUN_ID_FIELDS}
+        ident["hparams"] = _id_hparams(self.method, ident["hparams"])
         ident.update(candidate_seed=self.candidate_seed, candidate_source=self.candidate_source, bf16=self.bf16)
+        if self.tuned:
+            ident["tuned"] = data["tuned"]
         return key_hash(ident)
 
     # ------------------------------------------------------------------------------------------------ labels
@@ -285,18 +319,21 @@ class RunConfig:
     def label_for(self, base: str | None = None) -> str:
         """`base` (default: base_label; a finished run's final.json label) plus what the run changed relative to its
         preset as it is defined now: hyperparameters (those the base label does not already show), optimisation
-        overrides, epochs, the validation split and bf16."""
+        overrides, epochs, the validation split and bf16. A tuned run says `tuned=<criterion>` instead of the values
+        its study chose (those with a search space); a value fixed for the whole study still shows."""
         label = base or self.base_label
-        changes: list[str] = []
+        changes: list[str] = [f"tuned={self.tuned.get('criterion', '?')}"] if self.tuned else []
         try:
             preset = resolve_preset(self.preset_name, self.dataset_name)
             cls = get_method(self.method)
             defaults = resolve_hparams(cls, self.dataset_name, method_overrides(preset, cls.name, cls.family), {})
             shown = cls.run_label(defaults)  # a change the label already shows (cad's editor) is not repeated
+            chosen = ({k for k, spec in cls.hp_specs.items() if spec.tune is not None} | set(OPTIM_SPACE)
+                      if self.tuned else set())
             changes += [f"{k}={v}" for k, v in sorted(self.hparams.items())
-                        if defaults.get(k) != v and cls.run_label({**defaults, k: v}) == shown]
-            changes += [f"{k}={self.preset[k]}" for k in OPTIM_KEYS
-                        if k != "epochs" and k in self.preset and self.preset[k] != preset.get(k)]
+                        if defaults.get(k) != v and cls.run_label({**defaults, k: v}) == shown and k not in chosen]
+            changes += [f"{k}={self.preset[k]}" for k in OPTIM_KEYS if k != "epochs" and k not in chosen
+                        and k in self.preset and self.preset[k] != preset.get(k)]
             if self.preset.get("epochs") != preset["epochs"]:
                 changes.append(f"epochs={self.preset['epochs']}")
         except (PllbenchError, KeyError, TypeError):

@@ -4,7 +4,8 @@ Files a grid adds beside the trainer's (config.json, curves.jsonl, progress.json
 - `job.lock`: an flock held by the process training the run, with its owner (pid, host, start) written inside.
   The kernel frees an flock when its process dies, so a SIGKILLed or preempted run's claim is taken over by
   the next process; the file itself is never deleted (deleting a lock file lets two processes lock two inodes).
-- `attempts.jsonl`: one line per event (start, done, failed) with pid, host, time and the epoch it resumed from.
+- `attempts.jsonl`: one line per event (start, done, failed, interrupted: Ctrl-C or SIGTERM, with the signal and
+  the epochs done) with pid, host, time and the epoch it resumed from.
 - `failed.json`: the last attempt's one-line error; removed when the next attempt starts.
 - `manifest.json`: written by the trainer right before final.json (`write_finished`): every file of the finished run
   (config.json, curves.jsonl, predictions.parquet, model.pt and final.json itself) with its size and sha256. Readers
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PllbenchError
+from .interrupts import INTERRUPTS, signal_name
 from .util import atomic_write_bytes, atomic_write_json, sha256_file
 
 LOCK = "job.lock"
@@ -72,9 +74,10 @@ def _read_owner(fd: int) -> dict:
 
 @contextlib.contextmanager
 def claim(run_dir: Path, **info):
-    """Yield (True, owner) while this process holds the run's lock, or (False, other owner) when another has it."""
+    """Yield (True, owner) while this process holds the run's lock, or (False, other owner) when another has it. An
+    interruption inside (Ctrl-C, SIGTERM) adds an `interrupted` line to attempts.jsonl before the lock is released."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as any file
     try:
         for attempt in range(CLAIM_RETRIES):
             try:
@@ -91,6 +94,11 @@ def claim(run_dir: Path, **info):
         remove_leftovers(run_dir)  # any earlier writer is dead now
         try:
             yield True, owner
+        except INTERRUPTS as exc:  # Ctrl-C or SIGTERM: the attempt is recorded, then the claim released
+            with contextlib.suppress(OSError):
+                done = int((read_json(run_dir / "progress.json") or {}).get("epoch", 0))
+                log_attempt(run_dir, "interrupted", signal=signal_name(exc), epochs_done=done, **info)
+            raise
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

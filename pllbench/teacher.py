@@ -1,33 +1,73 @@
 """Candidate teachers (candidates.md §3): trained once per (dataset, preset) on clean labels, then cached.
 
-This is the one place the true train labels train anything.
+This is the one place the true train labels train anything. Everything that feeds the candidate generator (the
+teacher's training and its logits) runs at one CPU thread (`one_thread`): CPU kernels split their reductions by
+thread count, so a teacher trained at two threads has other weights, and a benchmark's "seed 0" would mean other
+candidate sets on another machine. A cached teacher records how it was trained; one that predates this rule is
+retrained, never served silently. Training checkpoints every epoch beside the artifact and resumes after a kill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import shutil
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import views as V
-from .artifacts import load_or_build
+from .artifacts import artifact_dir, load_or_build, verify
 from .dataset import DatasetInfo, Split
 from .errors import PllbenchError
 from .nets import Classifier, build_backbone
-from .util import derive_seed, sha256_file
+from .util import atomic_write_bytes, derive_seed, file_lock, sha256_file
 from .view_families import TEACHER_AUGMENTS
 
 TEACHER_VERSION = "teacher-v1"
+CPU_THREADS = 1  # the thread count every CPU teacher trains and scores at
 
 
-def teacher_key(dataset: dict, train_spec: dict, recipe: dict, init_sha: str | None = None) -> dict:
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """Run the block at `CPU_THREADS` intra-op threads (CPU) or with deterministic cuDNN kernels (CUDA)."""
+    threads = torch.get_num_threads()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.set_num_threads(CPU_THREADS)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def teacher_key(dataset: dict, train_spec: dict, recipe: dict, init_sha: str | None = None,
+                device: torch.device | None = None) -> dict:
+    """The teacher's identity. A teacher trained on an accelerator is another artifact than the CPU's (other
+    kernels, other weights); CPU keys carry no device field, so they keep the hashes they always had."""
     train_recipe = {k: v for k, v in recipe.items() if k not in ("mode",)}
-    return {"kind": "teacher", "dataset": dataset, "train": train_spec, "recipe": train_recipe,
-            "init_sha256": init_sha, "version": TEACHER_VERSION}
+    key = {"kind": "teacher", "dataset": dataset, "train": train_spec, "recipe": train_recipe,
+           "init_sha256": init_sha, "version": TEACHER_VERSION}
+    if device is not None and device.type != "cpu":
+        key["compute"] = device.type
+    return key
+
+
+def training_record(device: torch.device) -> dict:
+    """How a teacher is trained here, stored in its meta: what its weights depend on besides its key."""
+    record = {"device": device.type, "torch": torch.__version__}
+    if device.type == "cpu":
+        record["threads"] = CPU_THREADS
+    else:
+        record["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return record
 
 
 def build_teacher(info: DatasetInfo, recipe: dict) -> Classifier:
@@ -50,7 +90,35 @@ def _augment(x: torch.Tensor, kind: str, maker: V.ViewMaker, gen: torch.Generato
     return maker.normalize(x)
 
 
-def train_teacher(train: Split, info: DatasetInfo, recipe: dict, device: torch.device, log=None) -> Classifier:
+def _load_checkpoint(path: Path | None, model, opt, gen, cpu_gen) -> tuple[int, list[str]]:
+    """Restore an epoch checkpoint of an interrupted training: (epochs done, their log lines); (0, []) if none."""
+    if path is None or not path.is_file():
+        return 0, []
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["gen"])
+        cpu_gen.set_state(state["cpu_gen"])
+        return int(state["epochs_done"]), list(state["log"])
+    except (RuntimeError, KeyError, ValueError, EOFError):
+        path.unlink(missing_ok=True)  # a checkpoint torn by a crash of an older writer: start over
+        return 0, []
+
+
+def _save_checkpoint(path: Path | None, model, opt, gen, cpu_gen, epochs_done: int, log: list[str]) -> None:
+    if path is None:
+        return
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
+                "cpu_gen": cpu_gen.get_state(), "epochs_done": epochs_done, "log": log}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train_teacher(train: Split, info: DatasetInfo, recipe: dict, device: torch.device, log=None,
+                  checkpoint: Path | None = None, echo=None) -> Classifier:
+    """Train the teacher; with `checkpoint`, save every epoch there and resume from it (bit-identical to an
+    uninterrupted training). `echo` gets one line per epoch; `log` the JSON lines of every epoch."""
     torch.manual_seed(recipe["seed"])
     model = build_teacher(info, recipe).to(device)
     maker = V.ViewMaker(info)
@@ -62,10 +130,13 @@ def train_teacher(train: Split, info: DatasetInfo, recipe: dict, device: torch.d
     warm = steps_per_epoch * recipe["warmup_epochs"]
     gen = torch.Generator(device=device).manual_seed(derive_seed("teacher", recipe["seed"]))
     cpu_gen = torch.Generator().manual_seed(derive_seed("teacher-order", recipe["seed"]))
+    done, lines = _load_checkpoint(checkpoint, model, opt, gen, cpu_gen)
+    if done and echo is not None:
+        echo(f"resuming the candidate teacher after epoch {done}/{recipe['epochs']} (checkpoint {checkpoint})")
     images, labels = train.images.to(device), train.labels.to(device)
-    step = 0
+    step = done * steps_per_epoch
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for epoch in range(recipe["epochs"]):
+    for epoch in range(done, recipe["epochs"]):
         model.train()
         order = torch.randperm(n, generator=cpu_gen).to(device)
         start, loss_sum = time.time(), torch.zeros((), device=device)
@@ -85,9 +156,15 @@ def train_teacher(train: Split, info: DatasetInfo, recipe: dict, device: torch.d
             opt.step()
             loss_sum += loss.detach()
             step += 1
-        if log is not None:
-            log.write(json.dumps({"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch,
-                                  "seconds": round(time.time() - start, 3)}) + "\n")
+        seconds = time.time() - start
+        lines.append(json.dumps({"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch,
+                                 "seconds": round(seconds, 3)}))
+        _save_checkpoint(checkpoint, model, opt, gen, cpu_gen, epoch + 1, lines)
+        if echo is not None:
+            echo(f"teacher epoch {epoch + 1}/{recipe['epochs']}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
+                 f"{seconds:.1f} s")
+    if log is not None:
+        log.write("".join(line + "\n" for line in lines))
     model.eval()
     return model
 
@@ -95,7 +172,13 @@ def train_teacher(train: Split, info: DatasetInfo, recipe: dict, device: torch.d
 @torch.no_grad()
 def teacher_logits(model: Classifier, images: torch.Tensor, info: DatasetInfo, device: torch.device,
                    mode: str = "eval", batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
-    """Logits of the teacher's eval pipeline (base view), in dataset order, as float32 on the CPU."""
+    """Logits of the teacher's eval pipeline (base view), in dataset order, as float32 on the CPU; computed under
+    `one_thread`, since they feed the candidate generator."""
+    with one_thread(device):
+        return _teacher_logits(model, images, info, device, mode, batch_size, seed)
+
+
+def _teacher_logits(model, images, info, device, mode, batch_size, seed) -> torch.Tensor:
     import copy
 
     maker = V.ViewMaker(info)
@@ -113,22 +196,51 @@ def teacher_logits(model: Classifier, images: torch.Tensor, info: DatasetInfo, d
     return torch.cat(out)
 
 
+def _retire_untrusted(path: Path, kind_key: dict, device: torch.device, echo) -> None:
+    """Move aside a cached teacher not trained the way this version trains it (no record, or another thread count),
+    so that it is retrained instead of served; say so in one line. A torch version change is noted, not retrained."""
+    if not path.exists():
+        return
+    meta = verify(path, "teacher", kind_key)
+    record, wanted = meta.get("training", {}), training_record(device)
+    if device.type == "cpu" and record.get("threads") != CPU_THREADS:
+        with file_lock(path.with_name(path.name + ".lock")):
+            if path.exists():
+                aside = path.with_name(f"{path.name}.untrusted-{int(time.time())}")
+                os.replace(path, aside)
+                echo(f"note: the cached teacher {path.name} was trained at "
+                     f"{record.get('threads', 'an unrecorded number of')} threads, so its weights may differ from "
+                     f"what its key trains; retraining it at {CPU_THREADS} (the old one is kept at {aside})")
+    elif record.get("torch") not in (None, wanted["torch"]):
+        echo(f"note: the cached teacher {path.name} was trained with torch {record['torch']}, this is torch "
+             f"{wanted['torch']}: a new training here could give other weights (its candidates follow the cached one)")
+
+
 def get_teacher(cache: Path, dataset: dict, train: Split, train_spec: dict, info: DatasetInfo, recipe: dict,  # noqa: F821
                 device: torch.device, echo=print) -> tuple[Classifier, dict, str]:
-    """The cached teacher for this (dataset, train rows, recipe); trains it on first use."""
-    key = teacher_key(dataset, train_spec, recipe)
+    """The cached teacher for this (dataset, train rows, recipe, device kind); trains it on first use, at one thread
+    on a CPU, with a checkpoint per epoch beside the artifact (`<hash>.partial`) that a rerun resumes from."""
+    key = teacher_key(dataset, train_spec, recipe, device=device)
+    path = artifact_dir(cache, "teacher", key)
+    _retire_untrusted(path, key, device, echo)
+    partial = path.with_name(path.name + ".partial")
 
     def build(tmp):
-        echo(f"training the {recipe['arch']} candidate teacher ({recipe['epochs']} epochs on {len(train)} images)")
+        echo(f"training the {recipe['arch']} candidate teacher ({recipe['epochs']} epochs on {len(train)} images, "
+             f"{CPU_THREADS if device.type == 'cpu' else 'deterministic'} "
+             f"{'thread' if device.type == 'cpu' else 'kernels'})")
         start = time.time()
-        with open(tmp / "train_log.jsonl", "w") as log:
-            model = train_teacher(train, info, recipe, device, log)
+        partial.mkdir(parents=True, exist_ok=True)
+        with one_thread(device), open(tmp / "train_log.jsonl", "w") as log:
+            model = train_teacher(train, info, recipe, device, log, partial / "checkpoint.pt", echo)
         buffer = io.BytesIO()
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
         (tmp / "weights.pt").write_bytes(buffer.getvalue())
-        return {"train_seconds": round(time.time() - start, 2)}
+        return {"train_seconds": round(time.time() - start, 2), "training": training_record(device)}
 
     path, meta = load_or_build(cache, "teacher", key, build)
+    if partial.exists():
+        shutil.rmtree(partial, ignore_errors=True)
     model = build_teacher(info, recipe)
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     model.to(device).eval()

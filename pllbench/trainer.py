@@ -21,7 +21,7 @@ from .prepare import Prepared
 from .presets import lr_at
 from .results import collapsed_epochs, projection_collapsed
 from .run_files import load_checkpoint, save_checkpoint, torch_bytes, write_curves, write_predictions
-from .run_messages import epoch_line, run_header, stderr_line, wall_time_line
+from .run_messages import bar_label, epoch_line, run_header, stderr_line, wall_time_line
 from .runconfig import RunConfig
 from .runs import verify_finished, write_finished
 from .util import atomic_write_bytes, atomic_write_json, derive_seed
@@ -292,10 +292,12 @@ def finish_training(t: Training, prep: Prepared, final_logits: torch.Tensor | No
 
 
 def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: torch.device, progress: bool = True,
-              echo=None, artifacts: ArtifactStore | None = None) -> dict:
+              echo=None, artifacts: ArtifactStore | None = None, on_epoch=None) -> dict:
     """Train (or resume) one run into `run_dir`; returns final.json's content. `echo` takes the run's lines (the
     header, the resume note, the wall-time estimate and, with `progress` and no TTY, one line per epoch);
-    `artifacts`: the artifact store the method may ask (default: the one holding the prepared candidates)."""
+    `artifacts`: the artifact store the method may ask (default: the one holding the prepared candidates);
+    `on_epoch(record)` runs after each epoch's checkpoint and curves are written (`pllbench tune` reports the
+    validation criterion there): an exception it raises stops the run, which resumes from that checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "final.json").exists():
         final, problem = verify_finished(run_dir)
@@ -317,7 +319,8 @@ def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: t
     if progress and sys.stderr.isatty():  # without a terminal: one line per epoch instead
         from tqdm import tqdm
 
-        bar = tqdm(total=(epochs - t.start_epoch) * t.steps, desc=run.run_id, leave=False, file=sys.stderr)
+        bar = tqdm(total=(epochs - t.start_epoch) * t.steps, desc=bar_label(run.run_id, t.start_epoch, epochs),
+                   leave=False, file=sys.stderr)
         emit = functools.partial(tqdm.write, file=sys.stderr)  # above the bar
 
     def on_step(s: int, loop_started: float, epoch_box: list) -> None:
@@ -332,6 +335,8 @@ def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: t
     final_logits = None
     for epoch in range(t.start_epoch, epochs):
         started = time.time()
+        if bar is not None:
+            bar.set_description_str(bar_label(run.run_id, epoch, epochs), refresh=False)
         values, mean_size, train_seconds, lr = train_epoch(
             t, epoch, functools.partial(on_step, epoch_box=[epoch]))
         record = {"epoch": epoch, "lr": lr, "test_acc": None, "mean_size": mean_size,
@@ -346,12 +351,14 @@ def train_run(prep: Prepared, config: RunConfig | dict, run_dir: Path, device: t
                                              "optimizer": t.optimizer.state_dict(), "curves": t.curves,
                                              "selection": t.selection, "rebuilt_optimizer": t.rebuilt})
         write_curves(run_dir, t.curves)  # after the checkpoint: never an epoch that no checkpoint holds
+        if on_epoch is not None:
+            on_epoch(record)
         if bar is not None:
             loss = record.get("loss/loss")
             bar.set_postfix_str(f"test_acc {100 * record['test_acc']:.2f}%"
                                 + (f" loss {loss:.4f}" if loss is not None else ""))
         elif progress:
-            emit(epoch_line(record, epochs))
+            emit(epoch_line(record, epochs, run.run_id))
     if bar is not None:
         bar.close()
     return finish_training(t, prep, final_logits)

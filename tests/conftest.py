@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets a private cache and results root; the hub is never contacted."""
+"""Shared fixtures: every test gets a private cache and results root and an empty working directory, so nothing in
+the checkout (./runs and ./data after `make demo`, ./leaderboards) reaches a test; the hub is never contacted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ torch.set_num_threads(1)
 def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("PLLBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PLLBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("PLLBENCH_DATA", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # apart from the runs and cache folders: "./runs" is not $PLLBENCH_RUNS
     return tmp_path
 
 

@@ -118,3 +118,47 @@ def test_report_hand_count():
     assert (cooc[0, 1], cooc[0, 3], cooc[1, 3], cooc[1, 1]) == (2, 1, 1, 2)
     assert rep["confused_pair"]["pair"] == [0, 1] and rep["confused_pair"]["share"] == 1.0
     assert Fraction(rep["confused_pair"]["count"], rep["confused_pair"]["n"]) == 1
+
+
+def test_uniform_source_kernel_and_spelling():
+    from pllbench.candidates import parse_source, source_text, uniform_probs
+    from pllbench.errors import PllbenchError
+
+    probs = uniform_probs(torch.tensor([2, 0]), 3, 0.25)
+    assert probs.tolist() == [[0.25, 0.25, 1.0], [1.0, 0.25, 0.25]]
+    labels = torch.randint(0, 10, (20000,), generator=torch.Generator().manual_seed(0))
+    cands = sample_candidates(uniform_probs(labels, 10, 0.3), labels, ("candidates-uniform", "freq", 0)).double()
+    assert bool((cands[torch.arange(20000), labels] == 1).all())
+    assert abs(float(cands.sum(1).mean()) - (1 + 9 * 0.3)) < 0.03  # E|S| = 1 + (K − 1)·q
+    assert source_text("uniform") == "uniform:q=0.3" and source_text("uniform:q=0.32") == "uniform:q=0.32"
+    assert source_text("id") == "id" and parse_source("oracle") == ("oracle", {})
+    for bad, message in [("uniform:q=2", "must be in"), ("uniform:p=0.3", "valid options: q=<number>"),
+                         ("uniform:q=abc", "not a number"), ("noisy", "choose one of: id, oracle, uniform"),
+                         ("id:q=0.3", "valid options: none")]:
+        with pytest.raises(PllbenchError, match=message):
+            parse_source(bad)
+
+
+def test_uniform_candidates_are_their_own_artifact_run_and_board_column(smoke_cache, tmp_path):
+    from pllbench.errors import PllbenchError
+    from pllbench.grid import GridSpec
+    from pllbench.prepare import prepare
+    from pllbench.results import dataset_column
+
+    cpu = torch.device("cpu")
+    ident = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=cpu, echo=lambda *_: None)
+    uni = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=cpu, echo=lambda *_: None,
+                  candidate_source="uniform:q=0.5")
+    assert uni.candidates.hash != ident.candidates.hash
+    assert uni.candidates.report["key"]["source"] == "uniform:q=0.5" and "teacher" not in uni.candidates.report["key"]
+    assert uni.candidates.report["rate"] == 0.5
+    spec = GridSpec(["proden", "oracle"], ["synthetic"], [0], "smoke", candidates="uniform:q=0.5")
+    proden, oracle = (job.run_config() for job in spec.jobs())
+    assert proden.candidate_source == "uniform:q=0.5" and oracle.candidate_source == "oracle"
+    assert GridSpec(["proden"], ["synthetic"], [0], "smoke").id != spec.id
+    config = proden.with_artifacts(uni).to_json()
+    assert config["candidates"]["source"] == "uniform:q=0.5"
+    assert dataset_column(config) == "synthetic [uniform:q=0.5]"
+    assert dataset_column(oracle.to_json()) == "synthetic"
+    with pytest.raises(PllbenchError, match="are not the run's"):
+        proden.with_artifacts(ident)  # a uniform run never trains on ID candidates

@@ -13,6 +13,7 @@ from conftest import smoke_run
 
 from pllbench.cli import main
 from pllbench.entangle import (
+    canonical_scores,
     center_distance,
     class_centroids,
     cross_class_pair_count,
@@ -42,12 +43,13 @@ TOY_RANKING = [  # (i, j, a·b, |a|²|b|²)
 
 
 def brute_force(features: torch.Tensor, labels: torch.Tensor, k: int):
-    """Every cross-class pair i < j of the full matrix, sorted by (−s, i, j)."""
-    scores = (features @ features.T).numpy()
+    """Every cross-class pair i < j, scored one pair at a time (canonical_scores), sorted by (−s, i, j)."""
     i, j = np.triu_indices(len(features), 1)
     y = labels.numpy()
     valid = y[i] != y[j]
-    i, j, s = i[valid], j[valid], scores[i[valid], j[valid]]
+    i, j = i[valid], j[valid]
+    s = torch.cat([canonical_scores(features, torch.from_numpy(i[a:a + 200_000]), torch.from_numpy(j[a:a + 200_000]))
+                   for a in range(0, len(i), 200_000)]).numpy()
     order = np.lexsort((j, i, -s))[:k]
     return s[order], i[order], j[order]
 
@@ -152,6 +154,33 @@ def test_ties_break_by_index(blocks):
     assert float(top.scores[0]) == 1.0 and len(np.unique(top.scores.numpy())) <= 5
 
 
+@pytest.fixture(scope="module")
+def duplicated_problem():
+    """float32 features where most rows have exact duplicates: equal scores that BLAS products of different block
+    shapes round apart by an ulp."""
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(500, 37, generator=gen)
+    feats = l2_normalize(base[torch.randint(0, 500, (1200,), generator=gen)])
+    labels = torch.randint(0, 5, (1200,), generator=gen)
+    return feats, labels, brute_force(feats, labels, 10**9)
+
+
+@pytest.mark.parametrize("blocks", [(4096, 4096), (128, 256), (256, 128), (100, 333), (333, 100), (1, 1200),
+                                    (1200, 1), (7, 64)])
+def test_duplicates_give_the_same_pairs_for_every_block_shape(blocks, duplicated_problem):
+    feats, labels, (s, i, j) = duplicated_problem
+    for k in (1, 300, 2000):
+        top = top_cross_class_pairs(feats, labels, k, [0.3, float(s[0])], *blocks)
+        assert np.array_equal(top.rows.numpy(), i[:k]) and np.array_equal(top.cols.numpy(), j[:k])
+        assert np.array_equal(top.scores.numpy(), s[:k])
+        assert top.counts == {0.3: int((s > 0.3).sum()), float(s[0]): 0}
+
+
+def test_canonical_scores_are_exact_for_float32():
+    feats = torch.tensor([[0.5, 0.25, -1.0], [2.0, 4.0, 0.125]])
+    assert canonical_scores(feats, torch.tensor([0]), torch.tensor([1])).tolist() == [1.0 + 1.0 - 0.125]
+
+
 def test_float32_and_input_checks():
     feats = l2_normalize(TOY_FEATURES).float()
     top = top_cross_class_pairs(feats, TOY_LABELS, 12, [0.9], 2, 2)
@@ -231,7 +260,7 @@ def test_cli_does_not_score_a_run_twice(smoke_cache, tmp_path, capsys, monkeypat
     capsys.readouterr()
     assert main(base) == 0
     captured = capsys.readouterr()
-    assert loads == [] and "1 of 1 run(s) already had this analysis" in captured.err
+    assert loads == [] and "1 of 1 run already had this analysis" in captured.err
     assert f"| {run_dir.name} |" in captured.out and json.loads((run_dir / "entangle.json").read_text()) == first
     assert main(base + ["--rescore"]) == 0 and loads == [run_dir]
     assert main(base[:-4] + ["--top", "20", "--tsne-points", "0"]) == 0 and len(loads) == 2

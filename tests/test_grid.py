@@ -157,8 +157,8 @@ def test_runs_recorded_with_the_whole_method_table_are_found_not_trained_again(t
         older.setattr(RunConfig, "with_own_method_table", lambda self: self)
         assert main(argv + ["0,1"]) == 0
     old = run_dirs(runs)
-    assert [set(json.loads((d / "config.json").read_text())["preset"]["method_hparams"]) for d in old] == \
-        [{"*", "cel", "valen", "cad"}] * 2
+    assert all(set(json.loads((d / "config.json").read_text())["preset"]["method_hparams"]) >=
+               {"*", "cel", "valen", "cad"} for d in old)  # the whole table (methods added since bring entries)
     unfinished = old[1]
     (unfinished / "final.json").unlink()  # interrupted after its last epoch: trains again, in its own folder
     capsys.readouterr()
@@ -170,7 +170,7 @@ def test_runs_recorded_with_the_whole_method_table_are_found_not_trained_again(t
     assert [a["event"] for a in read_attempts(unfinished)] == ["start", "done", "start", "done"]
     final = json.loads((unfinished / "final.json").read_text())
     assert final["run"] == f"synthetic-smoke/{unfinished.name}"  # still named by its own config.json's id
-    assert set(json.loads((unfinished / "config.json").read_text())["preset"]["method_hparams"]) == \
+    assert set(json.loads((unfinished / "config.json").read_text())["preset"]["method_hparams"]) >= \
         {"*", "cel", "valen", "cad"}
     assert main(["status", "--runs", str(runs)]) == 0
     out = capsys.readouterr().out
@@ -188,7 +188,7 @@ def test_grid_file_run_and_status(tmp_path, capsys):
     assert main(["run", "--grid", str(grid), "--runs", str(runs), "--no-progress"]) == 0
     assert main(["status", "--grid", str(grid), "--runs", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert "done 1 · running 0 · failed 0 · interrupted 0 · corrupt 0 · pending 0 · 1 jobs" in out
+    assert "done 1 · running 0 · failed 0 · interrupted 0 · corrupt 0 · pending 0 · 1 job" in out
     assert "samples/s" in out
     assert main(["status", "--grid", str(grid), "--seeds", "0,1", "--runs", str(runs)]) == 0  # options override
     assert "pending 1 · 2 jobs" in capsys.readouterr().out

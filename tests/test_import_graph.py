@@ -248,4 +248,7 @@ def test_pyproject_installs_every_package_of_the_graph():
     tomllib = pytest.importorskip("tomllib")
     setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert {name: REPO / folder for name, folder in setup["package-dir"].items()} == PACKAGE_DIRS
-    assert sorted(setup["packages"]) == sorted(m.name for m in project_modules().values() if m.is_package)
+    code = [m.name for m in project_modules().values() if m.is_package]
+    data = list(setup["package-data"])  # folders of data files only (pllbench/data and its prompts)
+    assert sorted(setup["packages"]) == sorted(code + data)
+    assert not any(any((REPO / name.replace(".", "/")).glob("*.py")) for name in data)

@@ -1,7 +1,7 @@
 """Every registered method trains one smoke epoch on synthetic data shaped like each of the five datasets.
 
 Shapes: channels, side (28 gray, 32, or 256 stored → 224 input), class count, and the real dataset's candidate rate
-(synthetic's own 0.5 would give ~50 candidates at K = 100). Train sets are tiny (N may be < K). Every stage of a
+(synthetic's own 0.2 would give ~21 candidates at K = 100). Train sets are tiny (N may be < K). Every stage of a
 method runs inside the one epoch: warm-ups (`warmup_epochs`) and prototype starts (`prot_start`) are set to 0 where
 a method declares them, and queues hold a batch of CAD edits at K ≈ 100 (`queue_size` 2048, the quick preset's).
 """

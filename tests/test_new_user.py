@@ -95,7 +95,7 @@ def test_header_estimate_and_epoch_lines(capsys, smoke_cache, tmp_path):
     (run_dir,) = run_dirs(runs)
     headers = [line for line in err.splitlines() if "train /" in line]
     estimates = [line for line in err.splitlines() if "estimated wall time" in line]
-    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    epochs = [line for line in err.splitlines() if ": epoch " in line]
     assert len(headers) == 1 and len(estimates) == 1 and len(epochs) == 2, err
     assert err.index(headers[0]) < err.index(estimates[0]) < err.index(epochs[0])
     assert "warning" not in estimates[0]  # only the paper preset on a CPU warns
@@ -106,7 +106,8 @@ def test_header_estimate_and_epoch_lines(capsys, smoke_cache, tmp_path):
         return re.sub(r"\d+\.\d+", "<x>", text)
 
     golden("run_header_and_epoch.txt", normal(headers[0]) + "\n" + normal(epochs[0]) + "\n")
-    assert re.fullmatch(r"epoch 1/2  test_acc \d+\.\d\d%  loss \d+\.\d{4}  \d+\.\d s", epochs[0])
+    assert re.fullmatch(r"synthetic-smoke/dirk-s0-[0-9a-f]{8}: epoch 1/2  test_acc \d+\.\d\d%  "
+                        r"loss \d+\.\d{4}  \d+\.\d s", epochs[0])
 
 
 def test_paper_on_a_cpu_warns_with_the_estimate_and_names_the_cpu_preset():
@@ -175,7 +176,7 @@ def test_optimisation_settings_are_settable_and_part_of_the_run_id(capsys, smoke
     default = next(d for d in folders if d != changed)
     assert configs[changed]["preset"]["batch_size"] == 8 and configs[changed]["preset"]["weight_decay"] == 0.0
     assert configs[changed]["preset"]["epochs"] == 1 and configs[default]["preset"]["lr"] == 0.05
-    assert "1 epochs of 8 steps (batch 8)" in capsys.readouterr().err  # the header: 64 rows in batches of 8
+    assert "1 epoch of 8 steps (batch 8)" in capsys.readouterr().err  # the header: 64 rows in batches of 8
     # status finds the run with the overrides (its signature includes them)
     assert main(["status", "--runs", str(runs), "--methods", "cc", "--dataset", DATA, "--preset", "smoke",
                  "--hp", "lr=0.01", "--hp", "batch_size=8", "--hp", "weight_decay=0", "--epochs", "1"]) == 0
@@ -198,7 +199,7 @@ def test_duplicates_are_merged_with_a_warning(capsys, smoke_cache, tmp_path):
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2 and "method cc" in warnings[0] and "seed 0" in warnings[1], warnings
-    assert "1 jobs" in captured.err and "| cc | synthetic:train=64,test=32 |" in captured.out
+    assert "1 job " in captured.err and "| cc | synthetic:train=64,test=32 |" in captured.out
     row = next(line for line in captured.out.splitlines() if line.startswith("| cc |"))
     assert row.endswith("| 1 | 0 |"), row  # counted once
     assert [a["event"] for a in read_attempts(run_dirs(runs)[0])] == ["start", "done"]
@@ -351,7 +352,7 @@ def test_entangle_on_unreadable_predictions_fails_and_removes_the_stale_analysis
     assert main(entangle) == 2
     err = capsys.readouterr().err
     assert "predictions.parquet" in err and "its old entangle.json was removed" in err
-    assert err.strip().splitlines()[-1].startswith("error: 1 finished run(s) could not be scored")
+    assert err.strip().splitlines()[-1].startswith("error: 1 finished run could not be scored")
     assert not (run_dir / "entangle.json").exists()
 
 

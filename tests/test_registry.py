@@ -40,7 +40,7 @@ def test_hparam_resolution_order():
     assert hp["queue_size"] == 64 and hp["tau"] == 0.2 and isinstance(hp["tau"], float)
     hp = resolve_hparams(dirk, "fmnist", {}, parse_hp_overrides(["tau=1"]))
     assert hp["tau"] == 1.0 and isinstance(hp["tau"], float)
-    with pytest.raises(PllbenchError, match="expected a value like"):
+    with pytest.raises(PllbenchError, match="expected true or false"):
         resolve_hparams(dirk, "fmnist", {}, parse_hp_overrides(["dirk.ref_forwards=3"]))
 
 

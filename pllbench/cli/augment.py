@@ -7,12 +7,14 @@ import click
 
 from ..augment import DEFAULT_MODEL, RESOLUTION, TINY, augment
 from ..errors import PllbenchError
+from ..wording import plural
 from .common import DEFAULT_PRESET, data_options, echo_err, parse_device
 
 
 @click.command("augment")
-@click.option("--dataset", required=True)
-@click.option("--preset", default=DEFAULT_PRESET, show_default=True)
+@click.option("--dataset", required=True, help="The dataset whose candidates to edit (options allowed).")
+@click.option("--preset", default=DEFAULT_PRESET, show_default=True,
+              help="The preset whose candidates (teacher, subsets) to edit.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Candidate seed (the run's seed).")
 @click.option("--editor", type=click.Choice(["ip2p", TINY]), default=None,
               help=f"ip2p (default) or {TINY} (a random miniature pipeline for tests; same as --model {TINY}).")
@@ -24,7 +26,7 @@ from .common import DEFAULT_PRESET, data_options, echo_err, parse_device
               help="Edits per pipeline call (and per resumable chunk).")
 @click.option("--resolution", default=RESOLUTION, show_default=True, type=click.IntRange(min=8),
               help="Working resolution of the editor (the paper's 256).")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar while the edits are made.")
 @data_options(download_help="Allow fetching a missing dataset or model over the network.")
 def augment_cmd(dataset, preset, seed, editor, model, prompts, batch_size, resolution, no_progress, data_root,
                 download, cache_dir, device):
@@ -40,6 +42,6 @@ def augment_cmd(dataset, preset, seed, editor, model, prompts, batch_size, resol
                              batch_size=batch_size, resolution=resolution, cache=cache_root(cache_dir),
                              device=parse_device(device), root=data_root, download=download, progress=not no_progress,
                              echo=echo_err)
-    click.echo(f"augment: {summary['edits']} edits made in {summary['seconds']:.1f} s "
-               f"({summary['rate']:.2f} edits/s); artifact {summary['hash']} holds {summary['total']} edits, "
-               f"{summary['bytes']} bytes: {summary['path']}")
+    click.echo(f"augment: {plural(summary['edits'], 'edit')} made in {summary['seconds']:.1f} s "
+               f"({summary['rate']:.2f} edits/s); artifact {summary['hash']} holds {plural(summary['total'], 'edit')}, "
+               f"{plural(summary['bytes'], 'byte')}: {summary['path']}")

@@ -36,12 +36,14 @@ def _table(rows: list[tuple]) -> list[str]:
 
 
 def describe_method(name: str, preset: str, dataset: str | None = None) -> str:
-    """Every hyperparameter of a method (type, default, range, the preset's value, meaning), then the run's
-    optimisation settings under the preset."""
+    """Every hyperparameter of a method (type, default, range, search space of `pllbench tune`, the preset's value,
+    meaning), then the run's optimisation settings under the preset (lr and weight decay: one space for every
+    method)."""
     from ..data import get_dataset
     from ..grid import OPTIM_KEYS
     from ..method import get_method, resolve_hparams
     from ..presets import PRESETS, method_overrides, preset_datasets, resolve_preset
+    from ..tune_space import OPTIM_SPACE
 
     cls = get_method(name)
     if preset not in PRESETS:
@@ -56,18 +58,22 @@ def describe_method(name: str, preset: str, dataset: str | None = None) -> str:
     if cls.hparams:
         lines.append(f"hyperparameters (--hp {cls.name}.KEY=VALUE for {cls.name} alone, --hp KEY=VALUE for every "
                      f"requested method that declares KEY):")
-        rows = [("name", "type", "default", "range", column, "meaning")]
+        rows = [("name", "type", "default", "range", "tune", column, "meaning")]
         for key, default in cls.hparams.items():
             rng, meaning = docs.get(key, ("", "(undocumented)"))
-            rows.append((key, type(default).__name__, _value_text(default), rng or "-",
+            space = cls.hp_specs[key].tune
+            rows.append((key, type(default).__name__, _value_text(default), rng or "-", space.text if space else "-",
                          _spread({d: hp[key] for d, hp in hps.items()}), meaning))
         lines += _table(rows)
     else:
         lines.append("hyperparameters: none of its own")
-    lines += ["", "optimisation, the same for every method of a run (--hp KEY=VALUE; part of the run id):"]
-    rows = [("name", "type", "range", column, "meaning")]
+    lines += ["", "optimisation, the same for every method of a run (--hp KEY=VALUE; part of the run id; tune: the one "
+              "space `pllbench tune` searches for every method):"]
+    rows = [("name", "type", "range", "tune", column, "meaning")]
     for key, (kind, _, rng, meaning) in OPTIM_KEYS.items():
-        rows.append((key, kind.__name__, rng, _spread({d: cfg[key] for d, cfg in cfgs.items()}), meaning))
+        space = OPTIM_SPACE.get(key)
+        rows.append((key, kind.__name__, rng, space.text if space else "-",
+                     _spread({d: cfg[key] for d, cfg in cfgs.items()}), meaning))
     lines += _table(rows)
     return "\n".join(lines)
 

@@ -32,7 +32,8 @@ def export_table(root: Path, out: Path, fmt: str) -> int:
 
 
 @click.command("export")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="The table's file format.")
 @click.option("--out", required=True, help="The file to write.")
 @runs_option
 def export(fmt, out, runs_dir):

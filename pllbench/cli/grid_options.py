@@ -67,6 +67,9 @@ GRID_OPTIONS = (
                  help="Hold out this share of the train rows for label-free selection (default 0)."),
     click.option("--candidate-seed", default=None, type=click.IntRange(min=0),
                  help="Fix the candidates across training seeds."),
+    click.option("--candidates", "candidates", default=None,
+                 help="Candidate source of the PLL methods: id (default, the instance-dependent generator) or "
+                      "uniform:q=P (each other label enters with probability P); reference rows keep their own."),
 )
 
 
@@ -83,6 +86,7 @@ class GridOptions:
     hp_items: tuple[str, ...] = ()
     val_fraction: float | None = None
     candidate_seed: int | None = None
+    candidates: str | None = None
 
     def spec(self, required: bool = True):
         """(GridSpec, or None when nothing names a grid and `required` is false; the grid file's launch fields)."""
@@ -106,11 +110,14 @@ def grid_spec_options(fn):
 def merged_hp(file_hp: dict, hp_items, epochs: int | None) -> tuple[dict, int | None]:
     """The grid file's hp tables updated by --hp items, checked; `--hp epochs=N` is `--epochs N`."""
     from ..grid import check_optim
+    from ..hparams import repeated_hp_keys
     from ..method import parse_hp_overrides
 
     hp = {scope: dict(values) for scope, values in file_hp.items()}
     for scope, values in parse_hp_overrides(list(hp_items)).items():
         hp.setdefault(scope, {}).update(values)
+    if repeated := repeated_hp_keys(list(hp_items)):
+        echo_err(f"warning: --hp {', '.join(repeated)} given more than once with the same value; it counts once")
     hp = check_optim(hp)
     hp_epochs = hp.get("*", {}).pop("epochs", None)
     if hp_epochs is not None and epochs is not None and hp_epochs != epochs:
@@ -147,6 +154,7 @@ def grid_spec(given: GridOptions, required: bool = True):
                     datasets=merge_duplicates(dataset_list, "dataset"), seeds=merge_duplicates(seeds, "seed"),
                     preset=given.preset or file_spec.get("preset", DEFAULT_PRESET), epochs=pick(epochs, "epochs"),
                     hp=hp, val_fraction=pick(given.val_fraction, "val_fraction", 0.0),
-                    candidate_seed=pick(given.candidate_seed, "candidate_seed"))
+                    candidate_seed=pick(given.candidate_seed, "candidate_seed"),
+                    candidates=pick(given.candidates, "candidates", "id"))
     spec.validate()
     return spec, launch

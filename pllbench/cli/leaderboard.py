@@ -12,7 +12,8 @@ from .common import runs_option, runs_root
 
 @click.command()
 @runs_option
-@click.option("--out", default="leaderboards", show_default=True, help="Folder for the markdown and CSV files.")
+@click.option("--out", default=None, help="Folder for the markdown and CSV files [default: leaderboards/ under the "
+                                         "results root, never the repository's committed leaderboards/].")
 @click.option("--preset", default=None, help="Only this preset (default: one board per preset found).")
 @click.option("--datasets", default=None, help="Only these datasets (the board is named after the set).")
 @click.option("--methods", default=None, help="Only these methods' runs (comma-separated names, e.g. the paper's "
@@ -32,11 +33,13 @@ def leaderboard(runs_dir, out, preset, datasets, methods, compare, cache_dir):
     from ..util import cache_root
     from .grid_options import parse_list
 
+    root = runs_root(runs_dir)
+    out = out or str(root / "leaderboards")
     if Path(out).exists() and not Path(out).is_dir():
         raise PllbenchError(f"--out {out} is a file; pass --out DIR with a folder for the leaderboards")
     comparisons = parse_comparisons(compare) if compare is not None else None
     chosen = parse_list(methods, method_names(), "method") if methods else None
-    for path in write_leaderboards(runs_root(runs_dir), Path(out), preset,
+    for path in write_leaderboards(root, Path(out), preset,
                                    split_datasets(datasets) if datasets else None, comparisons,
                                    cache_root(cache_dir), chosen):
         click.echo(str(path))

@@ -10,6 +10,7 @@ import click
 
 from .. import machine
 from ..errors import PllbenchError
+from ..wording import plural
 from .common import common_data_options, echo_err, parse_device, runs_option, runs_root
 from .grid_options import GridOptions, grid_spec_options
 
@@ -49,11 +50,12 @@ def failure_summary(failed: list[dict], corrupt: list[dict], total: int) -> str:
     parts = []
     if failed:
         first = failed[0]
-        parts.append(f"{len(failed)} of {total} jobs failed (first: {first['run'] or first['job']}: "
+        parts.append(f"{len(failed)} of {plural(total, 'job')} failed (first: {first['run'] or first['job']}: "
                      f"{first['error']}); rerun the grid to retry them")
     if corrupt:
-        parts.append(f"{len(corrupt)} finished run(s) are corrupt and were skipped (see above); delete their folders "
-                     f"to rerun them")
+        one = len(corrupt) == 1
+        parts.append(f"{plural(len(corrupt), 'corrupt finished run')} skipped (see above); delete "
+                     f"{'its folder' if one else 'their folders'} to rerun {'it' if one else 'them'}")
     return "; ".join(parts)
 
 
@@ -137,8 +139,11 @@ def run(ctx, grid: GridOptions, launcher, workers, address, gpus_per_job, cpus_p
     """Run a grid (methods × datasets × seeds) under a preset (default paper): finished jobs are skipped,
     interrupted ones resume, failed ones are recorded without stopping the grid; then print a table of final-epoch
     test accuracies and, when jobs failed, one summary line (each failed job also prints one line as it fails)."""
-    from ..grid import RunEnv, record_grid
+    from ..grid import RunEnv
+    from ..grid_records import GRIDS_DIR, forget_grid, record_grid
     from ..launchers import launch
+    from ..run_messages import paper_on_cpu_warning
+    from ..runs import JOBS_DIR
     from ..util import cache_root
 
     spec, file_launch = grid.spec()
@@ -150,15 +155,29 @@ def run(ctx, grid: GridOptions, launcher, workers, address, gpus_per_job, cpus_p
         if bf16 and local.type == "cpu" and machine.native_bf16_flags() == []:
             echo_err("note: this CPU has no native bfloat16 (avx512_bf16 or AMX), so --bf16 is emulated here and "
                      "slower than fp32 (benchmarks/cpu_variants.py)")
+        if local.type == "cpu" and (warning := paper_on_cpu_warning(spec.preset, spec.datasets, spec.epochs)):
+            echo_err(warning)  # before the teacher and the candidates, not after the first steps
     data = data_root or os.environ.get("PLLBENCH_DATA")
     jobs = spec.jobs()
     env = RunEnv(runs=str(root.resolve()), cache=str(cache_root(cache_dir).resolve()),
                  data_root=str(Path(data).resolve()) if data else None, download=download, device=device,
                  progress=not no_progress, debug=ctx.obj["debug"], session=os.urandom(8).hex(),
                  compile=compile_nets, bf16=bf16, quiet_failures=len(jobs) == 1)
+    # A results root this command makes is removed again when no job gets as far as a run folder (missing data, a
+    # refused launcher): a failed first try leaves nothing behind. In an existing root the failures stay on record
+    # for `pllbench status`.
+    made = [path for path in (root, root / GRIDS_DIR, root / JOBS_DIR) if not path.exists()]
+    undo = root in made
     record_grid(root, spec)
-    echo_err(f"grid {spec.id}: {len(jobs)} jobs ({spec.describe()}) on the {options.launcher} launcher")
+    echo_err(f"grid {spec.id}: {plural(len(jobs), 'job')} ({spec.describe()}) on the {options.launcher} launcher")
     if note := identity_editor_note(spec):
         echo_err(note)
-    results = launch(jobs, env, options, echo_err)
+    try:
+        results = launch(jobs, env, options, echo_err)
+    except PllbenchError:  # the launcher refused (Ray or sbatch missing, ...) before any job ran
+        if undo:
+            forget_grid(root, spec, made)
+        raise
+    if undo and all(r["status"] == "failed" and not (r["run"] and (root / r["run"]).exists()) for r in results):
+        forget_grid(root, spec, made)
     report_results(jobs, results)

@@ -1,0 +1,237 @@
+"""PiCO+: its kernels on hand-computed values, its selection and queues on a tiny context, every stage on the
+dataset shapes, and a bit-identical resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import smoke_run
+
+from pllbench import trainer
+from pllbench.data import DatasetInfo
+from pllbench.errors import PllbenchError
+from pllbench.losses import masked_mean
+from pllbench.method import Batch, MethodContext
+from pllbench.methods.pico import prototype_ema, supcon_loss
+from pllbench.methods.pico_plus import (
+    PiCOPlus,
+    guessed_labels,
+    knn_mask,
+    mixup_lambda,
+    reliable_contrast_mask,
+    select_reliable,
+)
+from pllbench.presets import method_overrides, resolve_preset
+from pllbench.views import ViewMaker
+
+TIMING = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
+
+
+def tiny_context(num_train=12, num_classes=4, batch_size=4):
+    gen = torch.Generator().manual_seed(0)
+    cands = (torch.rand(num_train, num_classes, generator=gen) < 0.5).float()
+    cands[torch.arange(num_train), torch.arange(num_train) % num_classes] = 1
+    info = DatasetInfo("synthetic", num_classes, 3, 16, (0.5,) * 3, (0.25,) * 3, "32")
+    images = torch.randint(0, 256, (num_train, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    return MethodContext(num_classes=num_classes, num_train=num_train, candidates=cands, backbone="cnn-xs",
+                         proj_dim=8, epochs=3, steps_per_epoch=num_train // batch_size, batch_size=batch_size,
+                         dataset="synthetic", views=ViewMaker(info), train_images=images)
+
+
+def tiny_batch(ctx, index, views, epoch, step=0):
+    gen = torch.Generator().manual_seed(step)
+    images = ctx.train_images[index]
+    return Batch({v: ctx.views(images, v, gen) for v in views}, ctx.candidates[index], index, epoch, step, gen)
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+
+
+def test_select_reliable_ranks_the_visited_rows_and_keeps_the_others():
+    # 4 visited rows → floor(0.6·4) = 2 reliable: the smallest distances −0.5 (row 1) and 0.1 (row 2); the tie
+    # below (rows 2 and 3 at 0.1) goes to the first row; row 4 was never visited: reliable.
+    distance = torch.tensor([0.3, -0.5, 0.1, 0.1, -9.0])
+    seen = torch.tensor([True, True, True, True, False])
+    assert select_reliable(distance, seen, 0.6).tolist() == [False, True, True, False, True]
+    every = torch.ones(5, dtype=torch.bool)  # 5 visited, ratio 0.4 → 2: rows 4 (−9) and 1 (−0.5)
+    assert select_reliable(distance, every, 0.4).tolist() == [False, True, False, False, True]
+    assert select_reliable(distance, torch.zeros(5, dtype=torch.bool), 0.6).all()  # nothing measured yet
+
+
+def test_knn_mask_takes_the_k_most_similar_columns():
+    # anchor (1, 0); columns (1, 0), (0, 1), (0.6, 0.8), (−1, 0): cosines 1, 0, 0.6, −1 → k = 2: columns 0 and 2.
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])
+    assert knn_mask(feats[:1], feats, 2).tolist() == [[1.0, 0.0, 1.0, 0.0]]
+
+
+def test_reliable_contrast_mask_by_hand():
+    # n = 2 anchors (q0, q1), columns q0, q1, k0, k1, one queue row; pseudo-labels 0, 1 and columns' 0, 1, 0, 1, 0.
+    same = torch.tensor([[1.0, 0, 1, 0, 1], [0, 1, 0, 1, 0]])
+    reliable = torch.tensor([True, False])
+    reliable_cols = torch.tensor([True, False, True, False, False])
+    # Row 0 (reliable): same label ∧ reliable column → q0, k0; own key k0; self q0 removed → k0 only.
+    # Row 1 (unreliable, no kNN yet): nothing but its own key k1.
+    mask = reliable_contrast_mask(same, reliable, reliable_cols)
+    assert mask.tolist() == [[0, 0, 1, 0, 0], [0, 0, 0, 1, 0]]
+    # With kNN: row 1 takes its neighbours (q0, q1, queue), plus its own key, minus itself.
+    knn = torch.tensor([[1.0, 0, 1, 0, 0], [1, 1, 0, 0, 1]])
+    mask = reliable_contrast_mask(same, reliable, reliable_cols, knn)
+    assert mask.tolist() == [[0, 0, 1, 0, 0], [1, 0, 0, 1, 1]]
+
+
+def test_guessed_labels_are_the_sharpened_prototype_scores():
+    # q·μ = (0, ln 2) → s = softmax = (1/3, 2/3); T = 0.5 → s² / Σ s² = (1/9, 4/9)/(5/9) = (0.2, 0.8).
+    guess = guessed_labels(torch.tensor([[0.0, math.log(2)]]), 0.5)
+    assert torch.allclose(guess, torch.tensor([[0.2, 0.8]]))
+
+
+def test_prototype_ema_skips_the_rows_not_kept():
+    # γ = 0.5, μ_0 = (1, 0), μ_1 = (0, 1). Rows: (0, 1) → class 0 kept, (1, 0) → class 0 skipped, (0, 1) → class 1
+    # kept. μ_0 ← normalise(0.5·(1, 0) + 0.5·(0, 1)) = (√½, √½); μ_1 ← normalise(0.5·(0, 1) + 0.5·(0, 1)) = (0, 1).
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    feats = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    out = prototype_ema(protos, feats, labels, 0.5, keep=torch.tensor([True, False, True]))
+    assert torch.allclose(out, torch.tensor([[math.sqrt(0.5), math.sqrt(0.5)], [0.0, 1.0]]))
+    # Without `keep` the skipped row counts: μ_0 = 0.5·(0.5·(1, 0) + 0.5·(0, 1)) + 0.5·(1, 0) = (0.75, 0.25).
+    unmasked = prototype_ema(protos, feats, labels, 0.5)
+    assert torch.allclose(unmasked[0], torch.tensor([0.75, 0.25]) / math.hypot(0.75, 0.25))
+
+
+def test_supcon_anchor_weights_by_hand():
+    # Anchors q0 = (1, 0), q1 = (0, 1); columns q0, q1, k0 = q0, k1 = q1; τ = τ_b = 1; positives: own keys.
+    # Row 0: scores (1, 0, 1, 0) − max 1 → (0, −1, 0, −1); denominator over columns ≠ self: e^−1 + 1 + e^−1, so
+    # ℓ(k0) = −ln(1 + 2/e); row 1 the same by symmetry. Unweighted: ln(1 + 2/e); weights (0.5, 0.1): 0.3·ln(1 + 2/e).
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    feats = torch.cat([q, q])
+    mask = torch.tensor([[0.0, 0, 1, 0], [0, 0, 0, 1]])
+    value = math.log(1 + 2 / math.e)
+    assert abs(supcon_loss(q, feats, mask, 1.0, tau_base=1.0).item() - value) < 1e-6
+    weighted = supcon_loss(q, feats, mask, 1.0, tau_base=1.0, weights=torch.tensor([0.5, 0.1]))
+    assert abs(weighted.item() - 0.3 * value) < 1e-6
+
+
+def test_masked_mean_over_the_kept_rows_and_zero_without_any():
+    # (1 + 3)/2 = 2; nothing kept: 0 (the official mean of an empty selection is NaN).
+    values = torch.tensor([1.0, 2.0, 3.0])
+    assert masked_mean(values, torch.tensor([True, False, True])).item() == 2.0
+    assert masked_mean(values, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+def test_mixup_lambda_is_kept_at_or_above_one_half():
+    torch.manual_seed(0)
+    draws = torch.stack([mixup_lambda(4.0, torch.device("cpu")) for _ in range(200)])
+    assert (draws >= 0.5).all() and (draws <= 1).all() and draws.std() > 0.01
+
+
+# ------------------------------------------------------------------------------------------------ the method
+
+
+def test_selection_queues_and_terms_on_a_tiny_context():
+    torch.manual_seed(0)
+    ctx = tiny_context()
+    hp = {**PiCOPlus.hparams, "queue_size": 8, "prot_start": 1, "knn_start": 1, "knn_neighbors": 3}
+    method = PiCOPlus(ctx, hp)
+    assert method.on_epoch_start(0) is False and method.reliable.all()
+    warm = method.training_step(tiny_batch(ctx, torch.tensor([0, 1, 2, 3]), ("weak", "strong"), epoch=0))
+    assert set(warm) == {"cls", "cont", "chance/cont", "loss"}
+    assert method.seen.tolist() == [True] * 4 + [False] * 8
+    assert method.reliable_queue.ptr == method.queue.ptr == 4
+    method.training_step(tiny_batch(ctx, torch.tensor([4, 5, 6, 7]), ("weak", "strong"), epoch=0, step=1))
+    method.on_epoch_start(1)  # 8 rows visited → floor(0.6·8) = 4 reliable, plus the 4 never visited
+    assert method.reliable.sum() == 8 and method.reliable[8:].all()
+    kept, dropped = method.distance[:8][method.reliable[:8]], method.distance[:8][~method.reliable[:8]]
+    assert kept.max() <= dropped.min()  # the nearest visited rows (ties, e.g. epoch 0's zero prototypes, by row)
+    before = method.bank.clone()
+    batch = tiny_batch(ctx, torch.tensor([0, 1, 2, 3]), ("weak", "strong"), epoch=1, step=2)
+    out = method.training_step(batch)
+    assert set(out) == {"cls", "ur", "mix", "cont", "cont_all", "chance/cont", "loss"}
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+    # the queue wrapped: slots 0-3 hold this step's flags, slots 4-7 epoch 0's (all reliable)
+    flags = method.reliable_queue.reliable
+    assert torch.equal(flags[:4], method.reliable[:4]) and flags[4:].all()
+    assert not torch.equal(method.bank[:4], before[:4]) and torch.equal(method.bank[4:], before[4:])
+    assert torch.allclose(method.bank[:4].sum(dim=1), torch.ones(4))
+
+
+def test_hyperparameter_rules_are_checked_when_the_run_is_resolved():
+    run = {"batch_size": 4}
+    PiCOPlus.check_hparams({**PiCOPlus.hparams, "queue_size": 8, "knn_neighbors": 16}, run)  # 2·4 + 8 columns
+    with pytest.raises(PllbenchError, match="knn_neighbors 17 exceeds the 16 contrast columns"):
+        PiCOPlus.check_hparams({**PiCOPlus.hparams, "queue_size": 8, "knn_neighbors": 17}, run)
+    with pytest.raises(PllbenchError, match="queue_size 2 is below the batch size 4"):  # PiCO's rule, inherited
+        PiCOPlus.check_hparams({**PiCOPlus.hparams, "queue_size": 2, "knn_neighbors": 1}, run)
+
+
+def test_quick_overrides_are_pico_plus_own_and_leave_pico_alone():
+    cfg = resolve_preset("quick", "fmnist")
+    assert method_overrides(cfg, "pico+", "pico+") == {"queue_size": 2048, "prot_start": 1, "knn_start": 2}
+    assert method_overrides(cfg, "pico", "pico") == {"queue_size": 2048}
+
+
+@pytest.mark.parametrize("shape", ["synthetic:channels=1,size=28,classes=10,train=40,test=20",
+                                   "synthetic:size=32,classes=100,train=32,test=20"])
+def test_every_stage_in_one_epoch_on_dataset_shapes(shape, smoke_cache, tmp_path):
+    """test_method_shapes starts selection at epoch 0 but not the kNN stage: both here, at 28-px gray and N < K."""
+    hp = {"prot_start": 0, "knn_start": 0, "queue_size": 2048}
+    _, run_dir, _ = smoke_run("pico+", smoke_cache, tmp_path / "runs", hp=hp, dataset=shape, epochs=1)
+    (record,) = [json.loads(line) for line in (run_dir / "curves.jsonl").read_text().splitlines()]
+    assert {"loss/mix", "loss/ur", "loss/cont_all"} <= set(record)
+    assert all(math.isfinite(v) for k, v in record.items() if k.startswith("loss/"))
+
+
+def test_a_held_out_row_is_never_ranked(smoke_cache, tmp_path):
+    _, run_dir, _ = smoke_run("pico+", smoke_cache, tmp_path / "runs", val_fraction=0.25)
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    assert state["seen"].sum() == 48  # 64 rows, 16 held out; 3 full batches an epoch visit the other 48
+    assert state["reliable"][~state["seen"]].all() and state["reliable"][state["seen"]].sum() == 28  # ⌊0.6·48⌋
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+class Crash(Exception):
+    pass
+
+
+def run_outputs(run_dir):
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    logits = pq.read_table(run_dir / "predictions.parquet").to_pydict()["logits"]
+    curves = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+              for line in (run_dir / "curves.jsonl").read_text().splitlines()]
+    return state, logits, curves
+
+
+def resumes_bit_identically(method, hp, epochs, stop_after, cache, tmp_path, monkeypatch) -> bool:
+    """Train `epochs` straight, and again crashing right after the checkpoint of epoch `stop_after` then resuming;
+    True when weights, buffers, predictions and curves are identical."""
+    _, straight, _ = smoke_run(method, cache, tmp_path / "straight", hp=hp, epochs=epochs)
+    save = trainer.save_checkpoint
+
+    def save_then_crash(run_dir, epoch, state):
+        save(run_dir, epoch, state)
+        if epoch == stop_after:
+            raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "save_checkpoint", save_then_crash)
+        with pytest.raises(Crash):
+            smoke_run(method, cache, tmp_path / "resumed", hp=hp, epochs=epochs)
+    trained, train_epoch = [], trainer.train_epoch
+    with monkeypatch.context() as patch:  # the rerun must start from the checkpoint, not from scratch
+        patch.setattr(trainer, "train_epoch", lambda t, epoch, on_step: trained.append(epoch) or train_epoch(
+            t, epoch, on_step))
+        _, resumed, _ = smoke_run(method, cache, tmp_path / "resumed", hp=hp, epochs=epochs)
+    assert trained == list(range(stop_after, epochs))
+    (s1, l1, c1), (s2, l2, c2) = run_outputs(straight), run_outputs(resumed)
+    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1) and l1 == l2 and c1 == c2
+
+
+def test_resume_is_bit_identical(smoke_cache, tmp_path, monkeypatch):
+    """Crash after epoch 2 of 3: the resumed epoch re-selects from the restored distances and runs the kNN stage."""
+    hp = {"prot_start": 1, "knn_start": 2}
+    assert resumes_bit_identically("pico+", hp, 3, 2, smoke_cache, tmp_path, monkeypatch)

@@ -1,0 +1,83 @@
+"""Progress that is there: with --workers 2 each run's per-epoch line reaches the terminal, prefixed by its run id,
+whole (the parent alone writes them); a run on a terminal shows its epoch on the bar; the paper preset on a CPU
+warns before any work."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+import torch
+from conftest import cli_command
+
+from pllbench.cli import main
+
+SMOKE = ["--dataset", "synthetic", "--preset", "smoke", "--device", "cpu"]
+EPOCH = re.compile(r"(synthetic-smoke/[a-z0-9+-]+-s0-[0-9a-f]{8}): epoch (\d+)/3  test_acc \d+\.\d\d%  "
+                   r"(loss \d+\.\d{4}  )?\d+\.\d s")
+
+
+def test_two_workers_print_one_whole_line_per_epoch_per_run(smoke_cache, tmp_path):
+    cmd, env = cli_command(["run", "--methods", "proden,cc", *SMOKE, "--epochs", "3", "--workers", "2", "--runs",
+                            str(tmp_path / "runs")], smoke_cache)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert "\r" not in done.stderr  # no bar from a worker
+    epochs: dict[str, list[int]] = {}
+    for line in lines:
+        if ": epoch " in line:
+            match = EPOCH.fullmatch(line)
+            assert match, f"a garbled epoch line: {line!r}"
+            epochs.setdefault(match.group(1), []).append(int(match.group(2)))
+        assert line.count("synthetic-smoke/") <= 2, f"two lines mixed: {line!r}"  # a header names its folder too
+    assert sorted(run.split("/")[1].split("-s0-")[0] for run in epochs) == ["cc", "proden"], done.stderr
+    assert all(seen == [1, 2, 3] for seen in epochs.values()), epochs
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_run_on_a_terminal_shows_its_epoch_on_the_bar(smoke_cache, tmp_path, monkeypatch):
+    import tqdm
+
+    from pllbench.prepare import prepare
+    from pllbench.trainer import resolve_run_config, run_id, train_run
+
+    prep = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=torch.device("cpu"), echo=lambda *_: None)
+    config = resolve_run_config(prep, "proden", 0, {})
+    labels = []
+    real = tqdm.tqdm.set_description_str
+    monkeypatch.setattr(tqdm.tqdm, "set_description_str",
+                        lambda self, desc=None, refresh=True: labels.append(desc) or real(self, desc, refresh))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train_run(prep, config, tmp_path / run_id(config), torch.device("cpu"), progress=True)
+    monkeypatch.undo()
+    run = run_id(config)
+    assert f"{run} epoch 1/2" in terminal.getvalue()  # the bar's first frame
+    assert labels == [f"{run} epoch 1/2", f"{run} epoch 2/2"]
+    assert not re.search(r"^\S+: epoch \d", terminal.getvalue(), re.M)  # the bar, not the per-epoch lines
+
+
+def test_the_paper_preset_on_a_cpu_warns_before_any_work(monkeypatch, capsys, tmp_path):
+    import pllbench.prepare
+
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(pllbench.prepare, "prepare", no_work)
+    main(["run", "--methods", "proden", "--dataset", "fmnist", "--preset", "paper", "--device", "cpu", "--runs",
+          str(tmp_path / "runs")])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: preset paper on a CPU: 500 epochs of resnet18c per run on fmnist, after a "
+                             "40-epoch mlp candidate teacher: expect days; use --preset quick"), err
+    main(["run", "--methods", "proden", "--dataset", "fmnist", "--preset", "paper", "--device", "cpu", "--epochs",
+          "3", "--runs", str(tmp_path / "runs")])
+    assert "3 epochs of resnet18c" in capsys.readouterr().err
+    main(["run", "--methods", "proden", *SMOKE, "--runs", str(tmp_path / "runs")])
+    assert "warning: preset" not in capsys.readouterr().err
