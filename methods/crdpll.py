@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pllbench.errors import PllbenchError
 from pllbench.losses import linear_rampup, log1m_softmax, renormalize
 from pllbench.method import HP, Batch, ClassifierMethod, register_method
+from pllbench.tune_space import log_uniform
 
 
 def non_candidate_loss(logits: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,7 @@ class CRDPLL(ClassifierMethod):
     summary = "CRDPLL (ICML'22): non-candidate supervision plus consistency to a conformal label distribution"
     views = ("weak", "cls")  # x_0, x_1; x_2 is a second cls draw made in the step
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
-        "lam": HP(1.0, "weight λ of the consistency term once ramped up", low=0),
+        "lam": HP(1.0, "weight λ of the consistency term once ramped up", low=0, tune=log_uniform(0.3, 3.0)),
         "rampup_epochs": HP(100.0, "T′: epochs over which the consistency weight rises linearly from 0 to λ",
                             low=0),
     }

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from pllbench.losses import candidate_argmax, linear_rampup, renormalize, soft_cross_entropy
 from pllbench.method import HP, Batch, Method, register_method
+from pllbench.tune_space import log_uniform
 
 
 def flip_posterior(g_logits: torch.Tensor, bank_d: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -89,11 +90,12 @@ class IDGP(Method):
     summary = "IDGP (ICLR'23): MAP over a decomposed generation process, classifier f and flipping model g"
     views = ("base", "cls")  # plus a second cls draw of its own
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`); defaults: CIFAR-10's
-        "f_bank": HP(10.0, "α: weight of f's cross-entropy against its bank d", low=0),
+        "f_bank": HP(10.0, "α: weight of f's cross-entropy against its bank d", low=0, tune=log_uniform(1.0, 100.0)),
         "f_flip": HP(1.0, "β: weight of f's cross-entropy against the posterior from g's flip odds", low=0),
         "f_consistency": HP(1.0, "δ: weight of KL(d ‖ softmax f), ramped up", low=0),
         "g_bank": HP(0.001, "θ: weight of g's binary cross-entropy against its bank b", low=0),
-        "g_from_f": HP(0.01, "γ: weight of g's loss from f's posterior and the candidates", low=0),
+        "g_from_f": HP(0.01, "γ: weight of g's loss from f's posterior and the candidates", low=0,
+                       tune=log_uniform(0.001, 1.0)),
         "g_consistency": HP(1.0, "η: weight of KL(b ‖ sigmoid g), ramped up", low=0),
         "temp_f": HP(1.95, "temperature T_f of f's softmax in the cross-entropies and the bank d", low=0,
                      low_open=True),

@@ -57,6 +57,7 @@ from pllbench.losses import linear_rampup, log1m_softmax, masked_mean, renormali
 from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.pico_plus import mixup_lambda
 from pllbench.methods.proden import proden_update
+from pllbench.tune_space import log_uniform, uniform
 
 
 def normalized_entropy(scores: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -127,11 +128,12 @@ class NEPLL(Method):
         "rampup_epochs": HP(100, "epochs of the linear ramp-up of w, the weight of the strong-view, mixup and "
                                  "complementary terms", low=0),
         "select_ratio": HP(0.6, "share η of rows of lowest normalised entropy selected (WD) at each epoch start",
-                           low=0, high=1, low_open=True),
+                           low=0, high=1, low_open=True, tune=uniform(0.4, 0.8)),
         "ud_ema": HP(0.99, "momentum λ of the UD threshold u (EMA of the UD rows' mean NE, per step)", low=0,
                      high=1),
         "sharpen_tau": HP(0.5, "temperature T sharpening the targets of UD rows that join", low=0, low_open=True),
-        "mix_alpha": HP(4.0, "α of the mixup coefficient λ ~ Beta(α, α), kept ≥ 0.5", low=0, low_open=True),
+        "mix_alpha": HP(4.0, "α of the mixup coefficient λ ~ Beta(α, α), kept ≥ 0.5", low=0, low_open=True,
+                        tune=log_uniform(1.0, 8.0)),
     }
     preset_hparams = {"quick": {"warmup_epochs": 2, "rampup_epochs": 3, "expand_epoch": 10},
                       "smoke": {"warmup_epochs": 1, "rampup_epochs": 2, "expand_epoch": 1}}

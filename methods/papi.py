@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from pllbench.losses import candidate_argmax, linear_rampup, renormalize, soft_cross_entropy
 from pllbench.method import HP, Batch, Method, register_method
 from pllbench.methods.pico import prototype_ema
+from pllbench.tune_space import log_uniform
 
 
 def epoch_schedule(epoch: int, epochs: int, first: float, start: float, end: float) -> float:
@@ -73,10 +74,11 @@ class PaPi(Method):
     summary = "PaPi (CVPR'23): mixup prototype-similarity distributions aligned with the classifier's targets"
     views = ("weak", "cls")  # x_1, x_2
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
-        "tau_proto": HP(0.3, "temperature τ of the prototype-similarity softmax", low=0, low_open=True),
+        "tau_proto": HP(0.3, "temperature τ of the prototype-similarity softmax", low=0, low_open=True,
+                        tune=log_uniform(0.1, 1.0)),
         "alpha_mixup": HP(8.0, "concentration α_m of the mixup coefficient Λ ~ Beta(α_m, α_m)", low=0,
-                          low_open=True),
-        "alpha_weight": HP(1.0, "weight α of the PaPi term once ramped up", low=0),
+                          low_open=True, tune=log_uniform(1.0, 10.0)),
+        "alpha_weight": HP(1.0, "weight α of the PaPi term once ramped up", low=0, tune=log_uniform(0.3, 3.0)),
         "rampup_epochs": HP(10.0, "epochs over which the PaPi weight rises linearly from 0 to α", low=0),
         "phi_first": HP(0.99, "moving-average factor φ of the bank update during epoch 0", low=0, high=1),
         "phi_start": HP(0.95, "φ at epoch 1 (then linear towards phi_end)", low=0, high=1),

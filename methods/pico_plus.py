@@ -65,6 +65,7 @@ from pllbench.method import HP, Batch, register_method
 from pllbench.methods.pico import PiCO, phi_schedule, prototype_ema, supcon_loss
 from pllbench.nets import ema_update
 from pllbench.queue import RingQueue
+from pllbench.tune_space import log_uniform, uniform
 
 
 def select_reliable(distance: torch.Tensor, seen: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -118,13 +119,14 @@ class PiCOPlus(PiCO):
         "prot_start": HP(5, "first epoch of selection, disambiguation and the SupCon terms (earlier: MoCo warm-up)",
                          low=0),
         "pure_ratio": HP(0.6, "share of visited rows, nearest their predicted prototype, kept reliable each epoch",
-                         low=0, high=1),
+                         low=0, high=1, tune=uniform(0.4, 0.9)),
         "knn_start": HP(100, "first epoch of kNN positives for unreliable anchors and of the anchor weights", low=0),
         "knn_neighbors": HP(16, "k nearest columns of [queries, keys, queue] taken as an unreliable anchor's "
                                 "positives", low=1, note=">= 1, <= 2 × batch + queue_size"),
         "guess_tau": HP(0.07, "temperature T of the guessed labels softmax(q·μ/T) of unreliable rows", low=0,
                         low_open=True),
-        "ur_weight": HP(0.1, "weight of the unreliable rows' terms and of the SupCon term over every row", low=0),
+        "ur_weight": HP(0.1, "weight of the unreliable rows' terms and of the SupCon term over every row", low=0,
+                        tune=log_uniform(0.03, 0.3)),
         "cls_weight": HP(2.0, "weight of the reliable rows' cross-entropy on the bank", low=0),
         "mix_alpha": HP(4.0, "α of the mixup coefficient λ ~ Beta(α, α), kept ≥ 0.5", low=0, low_open=True),
     }

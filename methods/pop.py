@@ -39,6 +39,7 @@ import torch
 
 from pllbench.losses import renormalize, soft_cross_entropy
 from pllbench.method import HP, Batch, ClassifierMethod, register_method
+from pllbench.tune_space import log_uniform, uniform
 
 STALL_FRACTION = 1e-4  # a purification changing fewer than this share of the N·K entries raises e [official]
 
@@ -72,10 +73,10 @@ class POP(ClassifierMethod):
         "window": HP(5, "epochs whose banks are averaged; purification runs when the epoch is a multiple of it",
                      low=1),
         "threshold": HP(1e-3, "initial threshold e: a candidate leaves when its averaged confidence ÷ the row's "
-                              "largest is below e", low=0, high=1),
+                              "largest is below e", low=0, high=1, tune=log_uniform(1e-4, 1e-2)),
         "threshold_growth": HP(1e-3, "relative growth of e after a purification that changed almost nothing",
                                low=0),
-        "threshold_max": HP(0.4, "e grows only while below this", low=0, high=1),
+        "threshold_max": HP(0.4, "e grows only while below this", low=0, high=1, tune=uniform(0.2, 0.6)),
     }
     preset_hparams = {"quick": {"warmup_epochs": 1, "window": 1}, "smoke": {"warmup_epochs": 0, "window": 1}}
 

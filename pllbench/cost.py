@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .leaderboard_tables import duration
+from .wording import plural
 
 
 def packed_wall(jobs: list[float], workers: int) -> float:
@@ -55,14 +56,15 @@ def tune_estimate(root: Path, studies: list, trials: int, final_seeds: int, work
         median = statistics.median(seconds)
         trial = median * (1 - spec.val_fraction)
         jobs += [trial] * trials + [median] * (2 * final_seeds)
-        lines.append(f"  {spec.method}: median run {duration(median)} over {len(seconds)} finished default run(s); "
+        runs_text = plural(len(seconds), "finished default run")
+        lines.append(f"  {spec.method}: median run {duration(median)} over {runs_text}; "
                      f"{trials} trials at most {duration(trials * trial)}, {2 * final_seeds} final runs at most "
                      f"{duration(2 * final_seeds * median)}")
     if jobs:
         lines.insert(0, f"cost estimate (from finished runs under {root}; pruning and finished default runs make it "
                         f"less):")
         lines.append(f"  total at most {sum(jobs) / 3600:.2f} run-hours, about {duration(packed_wall(jobs, workers))} "
-                     f"wall on {workers} worker(s)")
+                     f"wall on {plural(workers, 'worker')}")
     if missing:
         lines.append(f"cost estimate: no finished default run of {', '.join(missing)} under {root} to estimate from")
     return lines

@@ -28,6 +28,7 @@ from pathlib import Path
 from .errors import PllbenchError
 from .grid import Job, RunEnv, execute_job, one_line
 from .interrupts import INTERRUPTS, sigterm_raises
+from .wording import plural
 
 
 @dataclass
@@ -149,7 +150,8 @@ def run_local(jobs: list[Job], env: RunEnv, workers: int | None, echo) -> list[d
         return [execute_job(job, env, echo) for job in jobs]
     threads = max(1, (os.cpu_count() or 1) // workers)
     worker_env = replace(env, device="cuda" if gpus else env.device)
-    echo(f"{workers} local workers" + (f" over GPUs {','.join(gpus)}" if gpus else f", {threads} threads each"))
+    echo(plural(workers, "local worker") + (f" over GPUs {','.join(gpus)}" if gpus else
+                                             f", {plural(threads, 'thread')} each"))
     ctx = multiprocessing.get_context("spawn")
     job_queue, messages = ctx.Queue(), ctx.Queue()
     for item in enumerate(jobs):

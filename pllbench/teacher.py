@@ -28,6 +28,7 @@ from .errors import PllbenchError
 from .nets import Classifier, build_backbone
 from .util import atomic_write_bytes, derive_seed, file_lock, sha256_file
 from .view_families import TEACHER_AUGMENTS
+from .wording import plural
 
 TEACHER_VERSION = "teacher-v1"
 CPU_THREADS = 1  # the thread count every CPU teacher trains and scores at
@@ -226,9 +227,9 @@ def get_teacher(cache: Path, dataset: dict, train: Split, train_spec: dict, info
     partial = path.with_name(path.name + ".partial")
 
     def build(tmp):
-        echo(f"training the {recipe['arch']} candidate teacher ({recipe['epochs']} epochs on {len(train)} images, "
-             f"{CPU_THREADS if device.type == 'cpu' else 'deterministic'} "
-             f"{'thread' if device.type == 'cpu' else 'kernels'})")
+        how = plural(CPU_THREADS, "CPU thread") if device.type == "cpu" else "deterministic kernels"
+        echo(f"training the {recipe['arch']} candidate teacher ({plural(recipe['epochs'], 'epoch')} on {len(train)} "
+             f"images, {how})")
         start = time.time()
         partial.mkdir(parents=True, exist_ok=True)
         with one_thread(device), open(tmp / "train_log.jsonl", "w") as log:
