@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from fractions import Fraction
 
@@ -162,3 +163,16 @@ def test_uniform_candidates_are_their_own_artifact_run_and_board_column(smoke_ca
     assert dataset_column(oracle.to_json()) == "synthetic"
     with pytest.raises(PllbenchError, match="are not the run's"):
         proden.with_artifacts(ident)  # a uniform run never trains on ID candidates
+
+
+def test_run_with_uniform_candidates_from_the_command_line(tmp_path, capsys):
+    from pllbench.cli import main
+
+    argv = ["run", "--methods", "proden", "--dataset", "synthetic", "--preset", "smoke", "--epochs", "1",
+            "--candidates", "uniform:q=0.3", "--no-progress", "--runs", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    assert "| proden | synthetic [uniform:q=0.3] |" in capsys.readouterr().out
+    (run,) = (tmp_path / "runs" / "synthetic-smoke").iterdir()
+    assert json.loads((run / "config.json").read_text())["candidates"]["source"] == "uniform:q=0.3"
+    assert main(argv[:-5] + ["--candidates", "uniform:q=7", "--runs", str(tmp_path / "runs")]) == 2
+    assert "uniform candidate probability q=7.0 must be in [0, 1]" in capsys.readouterr().err

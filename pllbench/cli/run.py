@@ -98,9 +98,15 @@ def launch_options(file_launch: dict, launcher, workers, address, gpus_per_job, 
                          slurm=file_launch.get("slurm", {}))
 
 
+def _column(job) -> str:
+    """The dataset as the board's column names it: another candidate source than id/oracle is its own column."""
+    source = job.run_config().candidate_source
+    return job.dataset + (f" [{source}]" if source not in ("id", "oracle") else "")
+
+
 def report_results(jobs: list, results: list[dict]) -> None:
     """The accuracy table, a line per job running elsewhere, then the closing error when jobs failed."""
-    finals = [{**r["final"], "dataset": job.dataset, "test_images": r.get("test_images")}
+    finals = [{**r["final"], "dataset": _column(job), "test_images": r.get("test_images")}
               for job, r in zip(jobs, results) if r["final"] is not None]
     if finals:
         click.echo(summarize(finals))
