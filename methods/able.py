@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from pllbench.losses import candidate_argmax, contrastive_chance, renormalize, soft_cross_entropy
-from pllbench.method import HP, Batch, Method, register_method
+from pllbench.losses import candidate_argmax, contrastive_chance, soft_cross_entropy
+from pllbench.method import HP, Batch, SupConBankMethod, register_method
 from pllbench.methods.proden import proden_update
 from pllbench.tune_space import log_uniform
 
@@ -54,7 +54,7 @@ def able_contrastive_loss(feats: torch.Tensor, weights: torch.Tensor, tau: float
 
 
 @register_method("able")
-class ABLE(Method):
+class ABLE(SupConBankMethod):
     summary = "ABLE (IJCAI'22): confidence-weighted contrastive positives from candidate-set predictions"
     views = ("weak", "strong")
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
@@ -64,12 +64,6 @@ class ABLE(Method):
                                         "0..B-1 by batch position (the official code's)",
                             choices=("instance", "batch_position"), implicit="instance"),
     }
-
-    def __init__(self, ctx, hp):
-        super().__init__(ctx, hp)
-        self.net = ctx.supcon_net()
-        cands = ctx.candidates.float()
-        self.register_buffer("bank", renormalize(cands, cands).cpu())
 
     def training_step(self, batch: Batch):
         cands, b = batch.candidates, batch.candidates.shape[0]
@@ -89,15 +83,3 @@ class ABLE(Method):
 
     def after_step(self, batch: Batch):
         self.bank[batch.index] = self._new_rows
-
-    def predict(self, x):
-        return self.net.logits(x)
-
-    def features(self, x):
-        return self.net.features(x)
-
-    def projections(self, x):
-        return self.net.project(x)
-
-    def confidences(self):
-        return self.bank

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from pllbench.losses import candidate_argmax, linear_rampup, renormalize, soft_cross_entropy
-from pllbench.method import HP, Batch, Method, register_method
+from pllbench.method import HP, Batch, SupConBankMethod, register_method
 from pllbench.methods.pico import prototype_ema
 from pllbench.tune_space import log_uniform
 
@@ -70,7 +70,7 @@ def mixup_kl(log_probs: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor,
 
 
 @register_method("papi")
-class PaPi(Method):
+class PaPi(SupConBankMethod):
     summary = "PaPi (CVPR'23): mixup prototype-similarity distributions aligned with the classifier's targets"
     views = ("weak", "cls")  # x_1, x_2
     hparams = {  # each declared once: default, meaning, range (`pllbench describe`)
@@ -94,9 +94,6 @@ class PaPi(Method):
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
-        self.net = ctx.supcon_net()
-        cands = ctx.candidates.float()
-        self.register_buffer("bank", renormalize(cands, cands))
         self.register_buffer("prototypes", torch.zeros(ctx.num_classes, ctx.proj_dim))
 
     def training_step(self, batch: Batch):
@@ -129,15 +126,3 @@ class PaPi(Method):
     def after_step(self, batch: Batch):
         self.bank[batch.index] = self._new_rows
         self.prototypes.copy_(self._new_prototypes)
-
-    def predict(self, x):
-        return self.net.logits(x)
-
-    def features(self, x):
-        return self.net.features(x)
-
-    def projections(self, x):
-        return self.net.project(x)
-
-    def confidences(self):
-        return self.bank

@@ -32,6 +32,7 @@ from .hparams import (  # noqa: F401 (the hyperparameter API, used with the meth
     parse_value,
     resolve_hparams,
 )
+from .losses import renormalize
 from .nets import Classifier, SupConNet, build_backbone, ema_update
 from .plugins import load_entry_points
 from .views import ViewMaker
@@ -226,6 +227,29 @@ class ClassifierMethod(Method):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x)
+
+
+class SupConBankMethod(Method):
+    """One SupConNet (`self.net`: backbone, fc, projection head) that predicts, embeds and projects, and a confidence
+    bank initialised to Y/|S| (ABLE, PaPi)."""
+
+    def __init__(self, ctx: MethodContext, hp: dict):
+        super().__init__(ctx, hp)
+        self.net = ctx.supcon_net()
+        cands = ctx.candidates.float()
+        self.register_buffer("bank", renormalize(cands, cands).cpu())
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.logits(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+    def projections(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.net.project(x)
+
+    def confidences(self) -> torch.Tensor | None:
+        return self.bank
 
 
 class EMATeacherMethod(Method):

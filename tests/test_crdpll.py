@@ -3,19 +3,14 @@ consistency weight in a smoke run, and a bit-identical resume (also used by test
 
 from __future__ import annotations
 
-import json
 import math
 
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import smoke_run
+from conftest import assert_resume_is_bit_identical, tiny_batch, tiny_context
 
-from pllbench.data import DatasetInfo
 from pllbench.losses import linear_rampup
-from pllbench.method import Batch, MethodContext
 from pllbench.methods.crdpll import CRDPLL, conformal_targets, consistency_loss, non_candidate_loss
-from pllbench.views import ViewMaker
 
 LN3, LN2 = math.log(3), math.log(2)
 TIMING_KEYS = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
@@ -61,23 +56,6 @@ def test_linear_rampup_of_the_consistency_weight():
     assert linear_rampup(0, 0) == 1.0
 
 
-def tiny_context(num_train=12, num_classes=4, epochs=3):
-    gen = torch.Generator().manual_seed(0)
-    cands = (torch.rand(num_train, num_classes, generator=gen) < 0.5).float()
-    cands[torch.arange(num_train), torch.arange(num_train) % num_classes] = 1
-    info = DatasetInfo("synthetic", num_classes, 3, 16, (0.5,) * 3, (0.25,) * 3, "32")
-    images = torch.randint(0, 256, (num_train, 3, 16, 16), generator=gen, dtype=torch.uint8)
-    return MethodContext(num_classes=num_classes, num_train=num_train, candidates=cands, backbone="cnn-xs",
-                         proj_dim=8, epochs=epochs, steps_per_epoch=3, batch_size=4, dataset="synthetic",
-                         views=ViewMaker(info), train_images=images)
-
-
-def tiny_batch(ctx, index, views, epoch=0, step=0):
-    gen = torch.Generator().manual_seed(step)
-    images = ctx.train_images[index]
-    return Batch({v: ctx.views(images, v, gen) for v in views}, ctx.candidates[index], index, epoch, step, gen)
-
-
 def test_step_forwards_weak_cls_and_a_second_cls_draw_then_rewrites_the_bank_rows():
     torch.manual_seed(0)
     ctx = tiny_context()
@@ -99,46 +77,8 @@ def test_step_forwards_weak_cls_and_a_second_cls_draw_then_rewrites_the_bank_row
     assert torch.equal(method.bank[4:], before[4:])
 
 
-def curves(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "curves.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-
-class Interrupted(Exception):
-    pass
-
-
-def assert_resume_is_bit_identical(method, smoke_cache, tmp_path, monkeypatch, capsys, epochs=3, stop_after=1):
-    """Train `method` straight, then again stopped right after epoch `stop_after`'s checkpoint and rerun: the rerun
-    resumes from it, and weights, predictions and curves equal the straight run's bit for bit. Returns the
-    straight run's curves."""
-    from pllbench import trainer
-
-    _, straight, _ = smoke_run(method, smoke_cache, tmp_path / "straight", epochs=epochs)
-    save = trainer.save_checkpoint
-
-    def save_then_stop(run_dir, epoch, state):
-        save(run_dir, epoch, state)
-        if epoch == stop_after:
-            raise Interrupted
-
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer, "save_checkpoint", save_then_stop)
-        with pytest.raises(Interrupted):
-            smoke_run(method, smoke_cache, tmp_path / "resumed", epochs=epochs)
-    capsys.readouterr()
-    _, resumed, _ = smoke_run(method, smoke_cache, tmp_path / "resumed", epochs=epochs)
-    assert f"resuming from epoch {stop_after}" in capsys.readouterr().err
-    s1, s2 = (torch.load(d / "model.pt", weights_only=True) for d in (straight, resumed))
-    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
-    assert (resumed / "predictions.parquet").read_bytes() == (straight / "predictions.parquet").read_bytes()
-    assert curves(resumed) == curves(straight)
-    assert pq.read_table(resumed / "predictions.parquet").num_rows > 0
-    return curves(straight)
-
-
-def test_resume_is_bit_identical_and_the_consistency_weight_ramps(smoke_cache, tmp_path, monkeypatch, capsys):
-    records = assert_resume_is_bit_identical("crdpll", smoke_cache, tmp_path, monkeypatch, capsys)
+def test_resume_is_bit_identical_and_the_consistency_weight_ramps(smoke_cache, tmp_path, monkeypatch):
+    _, records = assert_resume_is_bit_identical("crdpll", smoke_cache, tmp_path, monkeypatch)
     # smoke's T′ = 1: λ(0) = 0, λ(e ≥ 1) = 1, so the epoch means are loss = sup, then sup + cons
     assert records[0]["loss/loss"] == pytest.approx(records[0]["loss/sup"], abs=1e-6)
     for r in records[1:]:

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import smoke_run
-from test_pop import assert_resume_is_bit_identical, curves, tiny_batch, tiny_context
+from conftest import assert_resume_is_bit_identical, curves, smoke_run, tiny_batch, tiny_context
 
 from pllbench.losses import renormalize, soft_cross_entropy
 from pllbench.methods.idgp import (
@@ -85,7 +84,7 @@ def hooked(method):
 
 def test_warmup_step_fits_the_banks_and_rewrites_them_from_the_original_view():
     torch.manual_seed(0)
-    ctx = tiny_context()
+    ctx = tiny_context(density=0.6)
     hp = {**IDGP.hparams, "warmup_epochs": 2, "temp_f": 2.0, "temp_g": 3.0}
     method = IDGP(ctx, hp)
     seen = hooked(method)
@@ -113,7 +112,7 @@ def test_warmup_step_fits_the_banks_and_rewrites_them_from_the_original_view():
 
 def test_main_step_weights_the_terms_ramps_and_detaches_the_cross_terms():
     torch.manual_seed(0)
-    ctx = tiny_context()
+    ctx = tiny_context(density=0.6)
     hp = {**IDGP.hparams, "warmup_epochs": 1, "ramp_epochs": 4.0, "f_bank": 2.0, "f_flip": 3.0,
           "f_consistency": 5.0, "g_bank": 7.0, "g_from_f": 11.0, "g_consistency": 13.0}
     method = IDGP(ctx, hp)
@@ -144,7 +143,7 @@ def test_a_smoke_run_warms_up_then_ramps_the_consistency_terms(smoke_cache, tmp_
         assert r["loss/loss"] == pytest.approx(expected, rel=1e-4)
 
 
-def test_resume_is_bit_identical_across_the_end_of_the_warmup(smoke_cache, tmp_path, monkeypatch, capsys):
+def test_resume_is_bit_identical_across_the_end_of_the_warmup(smoke_cache, tmp_path, monkeypatch):
     # smoke: W = 1; stopped after epoch 2, so the resumed part is all main phase with λ = 1
-    state, _ = assert_resume_is_bit_identical("idgp", smoke_cache, tmp_path, monkeypatch, capsys)
+    state, _ = assert_resume_is_bit_identical("idgp", smoke_cache, tmp_path, monkeypatch, epochs=4, stop_after=2)
     assert {"bank_d", "bank_b"} <= set(state) and any(k.startswith("g.") for k in state)

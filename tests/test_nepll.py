@@ -8,8 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import smoke_run
-from test_pico_plus import resumes_bit_identically, tiny_batch, tiny_context
+from conftest import assert_resume_is_bit_identical, smoke_run, tiny_batch, tiny_context
 
 from pllbench.methods.nepll import (
     NEPLL,
@@ -172,4 +171,4 @@ def test_every_stage_in_one_epoch_on_dataset_shapes(shape, expand, smoke_cache, 
 def test_resume_is_bit_identical(smoke_cache, tmp_path, monkeypatch):
     """Crash after epoch 2 of 3: the resumed epoch re-scores the rows from the restored networks and expands."""
     hp = {"warmup_epochs": 1, "expand_epoch": 2, "rampup_epochs": 2}
-    assert resumes_bit_identically("nepll", hp, 3, 2, smoke_cache, tmp_path, monkeypatch)
+    assert_resume_is_bit_identical("nepll", smoke_cache, tmp_path, monkeypatch, hp=hp, epochs=3, stop_after=2)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_crdpll import assert_resume_is_bit_identical, tiny_batch, tiny_context
+from conftest import assert_resume_is_bit_identical, tiny_batch, tiny_context
 
 from pllbench.losses import soft_cross_entropy
 from pllbench.methods.papi import PaPi, bank_targets, epoch_schedule, mixup_kl, prototype_log_probs
@@ -93,8 +93,8 @@ def test_step_follows_the_official_order_of_bank_loss_and_prototype_updates():
     assert torch.allclose(method.prototypes, expected, atol=1e-6)
 
 
-def test_resume_is_bit_identical_and_the_papi_weight_ramps(smoke_cache, tmp_path, monkeypatch, capsys):
-    records = assert_resume_is_bit_identical("papi", smoke_cache, tmp_path, monkeypatch, capsys)
+def test_resume_is_bit_identical_and_the_papi_weight_ramps(smoke_cache, tmp_path, monkeypatch):
+    _, records = assert_resume_is_bit_identical("papi", smoke_cache, tmp_path, monkeypatch)
     # smoke's ramp (0.04 epochs): α = 0 in epoch 0, then 1, so the epoch means are loss = cls, then cls + papi
     assert records[0]["loss/loss"] == pytest.approx(records[0]["loss/cls"], abs=1e-6)
     for r in records[1:]:

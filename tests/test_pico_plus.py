@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 import math
 
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import smoke_run
+from conftest import assert_resume_is_bit_identical, smoke_run, tiny_batch, tiny_context
 
-from pllbench import trainer
-from pllbench.data import DatasetInfo
 from pllbench.errors import PllbenchError
 from pllbench.losses import masked_mean
-from pllbench.method import Batch, MethodContext
 from pllbench.methods.pico import prototype_ema, supcon_loss
 from pllbench.methods.pico_plus import (
     PiCOPlus,
@@ -26,27 +22,6 @@ from pllbench.methods.pico_plus import (
     select_reliable,
 )
 from pllbench.presets import method_overrides, resolve_preset
-from pllbench.views import ViewMaker
-
-TIMING = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
-
-
-def tiny_context(num_train=12, num_classes=4, batch_size=4):
-    gen = torch.Generator().manual_seed(0)
-    cands = (torch.rand(num_train, num_classes, generator=gen) < 0.5).float()
-    cands[torch.arange(num_train), torch.arange(num_train) % num_classes] = 1
-    info = DatasetInfo("synthetic", num_classes, 3, 16, (0.5,) * 3, (0.25,) * 3, "32")
-    images = torch.randint(0, 256, (num_train, 3, 16, 16), generator=gen, dtype=torch.uint8)
-    return MethodContext(num_classes=num_classes, num_train=num_train, candidates=cands, backbone="cnn-xs",
-                         proj_dim=8, epochs=3, steps_per_epoch=num_train // batch_size, batch_size=batch_size,
-                         dataset="synthetic", views=ViewMaker(info), train_images=images)
-
-
-def tiny_batch(ctx, index, views, epoch, step=0):
-    gen = torch.Generator().manual_seed(step)
-    images = ctx.train_images[index]
-    return Batch({v: ctx.views(images, v, gen) for v in views}, ctx.candidates[index], index, epoch, step, gen)
-
 
 # ------------------------------------------------------------------------------------------------ kernels
 
@@ -194,44 +169,7 @@ def test_a_held_out_row_is_never_ranked(smoke_cache, tmp_path):
 # ------------------------------------------------------------------------------------------------ resume
 
 
-class Crash(Exception):
-    pass
-
-
-def run_outputs(run_dir):
-    state = torch.load(run_dir / "model.pt", weights_only=True)
-    logits = pq.read_table(run_dir / "predictions.parquet").to_pydict()["logits"]
-    curves = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-              for line in (run_dir / "curves.jsonl").read_text().splitlines()]
-    return state, logits, curves
-
-
-def resumes_bit_identically(method, hp, epochs, stop_after, cache, tmp_path, monkeypatch) -> bool:
-    """Train `epochs` straight, and again crashing right after the checkpoint of epoch `stop_after` then resuming;
-    True when weights, buffers, predictions and curves are identical."""
-    _, straight, _ = smoke_run(method, cache, tmp_path / "straight", hp=hp, epochs=epochs)
-    save = trainer.save_checkpoint
-
-    def save_then_crash(run_dir, epoch, state):
-        save(run_dir, epoch, state)
-        if epoch == stop_after:
-            raise Crash
-
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer, "save_checkpoint", save_then_crash)
-        with pytest.raises(Crash):
-            smoke_run(method, cache, tmp_path / "resumed", hp=hp, epochs=epochs)
-    trained, train_epoch = [], trainer.train_epoch
-    with monkeypatch.context() as patch:  # the rerun must start from the checkpoint, not from scratch
-        patch.setattr(trainer, "train_epoch", lambda t, epoch, on_step: trained.append(epoch) or train_epoch(
-            t, epoch, on_step))
-        _, resumed, _ = smoke_run(method, cache, tmp_path / "resumed", hp=hp, epochs=epochs)
-    assert trained == list(range(stop_after, epochs))
-    (s1, l1, c1), (s2, l2, c2) = run_outputs(straight), run_outputs(resumed)
-    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1) and l1 == l2 and c1 == c2
-
-
 def test_resume_is_bit_identical(smoke_cache, tmp_path, monkeypatch):
     """Crash after epoch 2 of 3: the resumed epoch re-selects from the restored distances and runs the kNN stage."""
     hp = {"prot_start": 1, "knn_start": 2}
-    assert resumes_bit_identically("pico+", hp, 3, 2, smoke_cache, tmp_path, monkeypatch)
+    assert_resume_is_bit_identical("pico+", smoke_cache, tmp_path, monkeypatch, hp=hp, epochs=3, stop_after=2)

@@ -1,24 +1,16 @@
 """POP (methods/pop.py): its kernels on hand-computed values, the purification schedule against a transcription of
-the official loop, its step on a tiny context, purification in a smoke run, and a bit-identical resume (the helper
-is also used by tests/test_idgp.py)."""
+the official loop, its step on a tiny context, purification in a smoke run, and a bit-identical resume."""
 
 from __future__ import annotations
 
-import json
 import math
 
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import smoke_run
+from conftest import assert_resume_is_bit_identical, curves, smoke_run, tiny_batch, tiny_context
 
-from pllbench.data import DatasetInfo
 from pllbench.losses import renormalize
-from pllbench.method import Batch, MethodContext
 from pllbench.methods.pop import POP, grow_threshold, pop_loss, purify
-from pllbench.views import ViewMaker
-
-TIMING_KEYS = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
 
 
 def test_purify_hand_values():
@@ -53,23 +45,6 @@ def test_pop_loss_averages_proden_over_the_views():
     assert abs(pop_loss(views, torch.tensor([[0.5, 0.5]])).item() - expected) < 1e-6
 
 
-def tiny_context(num_train=12, num_classes=4, epochs=3):
-    gen = torch.Generator().manual_seed(0)
-    cands = (torch.rand(num_train, num_classes, generator=gen) < 0.6).float()
-    cands[torch.arange(num_train), torch.arange(num_train) % num_classes] = 1
-    info = DatasetInfo("synthetic", num_classes, 3, 16, (0.5,) * 3, (0.25,) * 3, "32")
-    images = torch.randint(0, 256, (num_train, 3, 16, 16), generator=gen, dtype=torch.uint8)
-    return MethodContext(num_classes=num_classes, num_train=num_train, candidates=cands, backbone="cnn-xs",
-                         proj_dim=8, epochs=epochs, steps_per_epoch=3, batch_size=4, dataset="synthetic",
-                         views=ViewMaker(info), train_images=images)
-
-
-def tiny_batch(ctx, index, views, epoch=0, step=0):
-    gen = torch.Generator().manual_seed(step)
-    images = ctx.train_images[index]
-    return Batch({v: ctx.views(images, v, gen) for v in views}, ctx.candidates[index], index, epoch, step, gen)
-
-
 def official_schedule(banks, cands, warmup, window, theta, inc):
     """The official main.py's end-of-epoch purification, transcribed: a ring of the last `window` banks; at epochs
     e ≥ warm-up with e % window == 0 the ring mean, row-normalised, purifies and becomes the bank; θ grows by
@@ -99,7 +74,7 @@ def official_schedule(banks, cands, warmup, window, theta, inc):
 def test_on_epoch_start_matches_the_official_ring_of_banks(warmup, window):
     """Random banks per epoch (renormalised over the current purified set, as training leaves them), fed to the
     method at each epoch start and to the official loop at each epoch end: same banks, sets and thresholds."""
-    ctx = tiny_context()
+    ctx = tiny_context(density=0.6)
     hp = {**POP.hparams, "warmup_epochs": warmup, "window": window, "threshold": 0.3, "threshold_growth": 0.5}
     method = POP(ctx, hp)
     gen = torch.Generator().manual_seed(1)
@@ -119,7 +94,7 @@ def test_on_epoch_start_matches_the_official_ring_of_banks(warmup, window):
 
 def test_step_forwards_base_cls_and_a_second_cls_draw_then_rewrites_the_bank_rows():
     torch.manual_seed(0)
-    ctx = tiny_context()
+    ctx = tiny_context(density=0.6)
     method = POP(ctx, dict(POP.hparams))
     method.purified[0, :] = 0  # row 0 purified to one candidate: its new bank row is one-hot there
     method.purified[0, 0] = 1
@@ -139,11 +114,6 @@ def test_step_forwards_base_cls_and_a_second_cls_draw_then_rewrites_the_bank_row
     assert torch.equal(method.bank[4:], before[4:])
 
 
-def curves(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "curves.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-
 def test_a_smoke_run_purifies_after_the_due_epochs(smoke_cache, tmp_path):
     # W = 1, window 2: purification at the end of epoch 2 only (e ≥ 1 and e even), so the purified sets shrink
     # from epoch 3 on; e = 1 keeps only each row's largest averaged confidence
@@ -155,44 +125,10 @@ def test_a_smoke_run_purifies_after_the_due_epochs(smoke_cache, tmp_path):
     assert sizes[3] == pytest.approx(1.0)
 
 
-class Interrupted(Exception):
-    pass
-
-
-def assert_resume_is_bit_identical(method, smoke_cache, tmp_path, monkeypatch, capsys, hp=None, epochs=4,
-                                   stop_after=2):
-    """Train `method` straight, then again stopped right after epoch `stop_after`'s checkpoint and rerun: the rerun
-    resumes from it, and weights, buffers, predictions and curves equal the straight run's bit for bit. Returns the
-    straight run's final state and curves."""
-    from pllbench import trainer
-
-    _, straight, _ = smoke_run(method, smoke_cache, tmp_path / "straight", hp=hp, epochs=epochs)
-    save = trainer.save_checkpoint
-
-    def save_then_stop(run_dir, epoch, state):
-        save(run_dir, epoch, state)
-        if epoch == stop_after:
-            raise Interrupted
-
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer, "save_checkpoint", save_then_stop)
-        with pytest.raises(Interrupted):
-            smoke_run(method, smoke_cache, tmp_path / "resumed", hp=hp, epochs=epochs)
-    capsys.readouterr()
-    _, resumed, _ = smoke_run(method, smoke_cache, tmp_path / "resumed", hp=hp, epochs=epochs)
-    assert f"resuming from epoch {stop_after}" in capsys.readouterr().err
-    s1, s2 = (torch.load(d / "model.pt", weights_only=True) for d in (straight, resumed))
-    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
-    assert (resumed / "predictions.parquet").read_bytes() == (straight / "predictions.parquet").read_bytes()
-    assert curves(resumed) == curves(straight)
-    assert pq.read_table(resumed / "predictions.parquet").num_rows > 0
-    return s1, curves(straight)
-
-
-def test_resume_is_bit_identical_across_purifications(smoke_cache, tmp_path, monkeypatch, capsys):
+def test_resume_is_bit_identical_across_purifications(smoke_cache, tmp_path, monkeypatch):
     # smoke: W = 0, window 1, so purifications run at every epoch start from epoch 1, before and after the stop;
     # e = .5 makes them remove labels
-    state, records = assert_resume_is_bit_identical("pop", smoke_cache, tmp_path, monkeypatch, capsys,
-                                                    hp={"threshold": 0.5})
+    state, records = assert_resume_is_bit_identical("pop", smoke_cache, tmp_path, monkeypatch,
+                                                    hp={"threshold": 0.5}, epochs=4, stop_after=2)
     assert {"purified", "bank", "window_sum", "threshold"} <= set(state)
     assert records[-1]["loss/size/purified"] < records[0]["loss/size/purified"]
