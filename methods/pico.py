@@ -12,6 +12,8 @@ Deviations:
   μ_c ← γ^n·μ_c + (1−γ)·Σ_t γ^{n−t}·q_{r_t}, then L2-normalise — identical to the official sequential loop.
 - The pseudo-label argmax of p·Y is taken over the candidates' logits (identical unless every candidate's softmax
   underflows to 0).
+- φ runs one epoch ahead of the official schedule: epoch e uses φ_e where the official uses φ_{e−1} (it updates φ
+  after each epoch), i.e. (0.95 − 0.8)/E lower at every epoch from prot_start on. PiCO+ follows the official order.
 - The official candidate generator (uniform) is replaced by pllbench's; the official logs report the best test
   accuracy over epochs, pllbench the final epoch [D3].
 """
@@ -58,7 +60,8 @@ def prototype_ema(prototypes: torch.Tensor, feats: torch.Tensor, labels: torch.T
 
 
 def phi_schedule(epoch: int, epochs: int, start: float, end: float) -> float:
-    """φ_e = start + (end − start)·e/E at the start of epoch e (0.95 → 0.8 by default) [official]."""
+    """φ_e = start + (end − start)·e/E during epoch e (0.95 → 0.8 by default). The official code sets this value
+    after epoch e, so its epoch e uses φ_{e−1} (epoch 0: 0.99): a one-epoch shift, listed in the deviations."""
     return start + (end - start) * epoch / epochs
 
 
