@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from pllbench.method import HP, ArtifactRequest, Batch, register_method
+from pllbench.methods.cad import CAD, register_ablations
 from pllbench.tune_space import uniform
-
-from .cad import CAD, register_ablations
 
 
 def cam_edits(fmap: torch.Tensor, fc_weight: torch.Tensor, images: torch.Tensor, owner: torch.Tensor,

@@ -1,7 +1,7 @@
 """The dataset contract (docs/adding-a-dataset.md): the base class a dataset file subclasses, its registration, and the
 helpers a loader uses (missing and corrupt files, downloads, JPEG decoding).
 
-A dataset file imports only this module (and pllbench.errors / util / view_families); pllbench.data finds the
+A dataset file imports only this module (and pllbench.errors / util / view_families); pllbench.data.registry finds the
 registered datasets (the built-ins under datasets/, then the entry-point group `pllbench.datasets`).
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import PllbenchError, exception_text
-from .view_families import TEACHER_AUGMENTS, view_family
+from .views.families import TEACHER_AUGMENTS, view_family
 
 
 @dataclass
@@ -154,7 +154,7 @@ def contract_problem(name: str, cls) -> str | None:
 
 
 def registered_datasets() -> dict[str, type[Dataset]]:
-    """The datasets registered so far (name → class). pllbench.data.dataset_names() imports them all first."""
+    """The datasets registered so far (name → class). pllbench.data.registry.dataset_names() imports them all first."""
     return dict(_DATASETS)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import PllbenchError
 from .tune_space import Space
-from .views import VIEW_NAMES
+from .views.maker import VIEW_NAMES
 
 
 def _number_text(x) -> str:

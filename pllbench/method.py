@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .artifacts import ArtifactStore
 from .errors import PllbenchError
-from .hparams import (  # noqa: F401 (the hyperparameter API, used with the method contract)
+from .hparams import (  # noqa: F401 (the hyperparameter API is part of the method contract)
     HP,
     UNSCOPED,
     canonical_overrides,
@@ -34,7 +34,7 @@ from .hparams import (  # noqa: F401 (the hyperparameter API, used with the meth
 )
 from .nets import Classifier, SupConNet, build_backbone, ema_update
 from .plugins import load_entry_points
-from .views import ViewMaker
+from .views.maker import ViewMaker
 
 
 class ViewBatch(dict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from .data import dataset_class, dataset_names, paper_datasets
+from .data.registry import dataset_class, dataset_names, paper_datasets
 from .errors import PllbenchError
 
 # A preset's own candidate teacher (candidates.md §3), for every dataset that names none for the preset (a dataset's
@@ -144,13 +144,3 @@ def method_overrides(preset_cfg: dict, method: str, family: str) -> dict:
     if not builtin_method(cls):
         out.update(cls.preset_hparams.get(preset_cfg["name"], {}))
     return out
-
-
-def lr_at(cfg: dict, epoch: int, step: int = 0, steps: int = 1) -> float:
-    """Cosine from lr to η: lr_t = η + (lr − η)(1 + cos(π t / T))/2 with t = e, T = E (schedule "epoch", the
-    official codes') or t = e + s/steps (schedule "step": a per-step cosine, which short CPU schedules need)."""
-    import math
-
-    eta, lr0, total = cfg["eta_min"], cfg["lr"], cfg["epochs"]
-    t = epoch + step / steps if cfg.get("schedule", "epoch") == "step" else epoch
-    return eta + (lr0 - eta) * (1 + math.cos(math.pi * t / total)) / 2

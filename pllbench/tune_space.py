@@ -4,7 +4,7 @@ A method file says a hyperparameter is tuned with `HP(..., tune=log_uniform(0.03
 `choice`); the shared optimisation settings every method is tuned over alike are `OPTIM_SPACE`. A space that cannot
 be drawn from (low > high, a log scale with low <= 0, an empty choice) is refused in one line when it is made, that
 is when its method's class is defined; whether it fits the hyperparameter's declared range is checked when a study
-starts (`pllbench.tune.study_space`).
+starts (`pllbench.tune.study.study_space`).
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ def smoke_cache(tmp_path_factory):
 def smoke_run(method: str, cache, runs, seed: int = 0, hp: dict | None = None, dataset: str = "synthetic",
               epochs: int | None = None, val_fraction: float = 0.0, bf16: bool = False):
     """Prepare smoke data and train one method; returns (final, run_dir, prepared)."""
+    from pllbench.data.prepare import prepare
     from pllbench.method import get_method, parse_hp_overrides
-    from pllbench.prepare import prepare
-    from pllbench.trainer import resolve_run_config, run_id, train_run
+    from pllbench.train.loop import resolve_run_config, run_id, train_run
 
     device = torch.device("cpu")
     prep = prepare(dataset, "smoke", seed, cache=cache, device=device, echo=lambda *_: None,

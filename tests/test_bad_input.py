@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pllbench.cad_edits.edits import build_edits, edits_key
 from pllbench.cli import main
-from pllbench.edits import build_edits, edits_key
-from pllbench.runs import read_attempts
+from pllbench.train.runs import read_attempts
 
 DATA = "synthetic:train=64,test=32"
 RUN = ["run", "--dataset", DATA, "--preset", "smoke", "--no-progress"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pllbench.data import DatasetInfo
+from pllbench.data.registry import DatasetInfo
 from pllbench.losses import candidate_argmax, renormalize
 from pllbench.method import Batch, MethodContext
 from pllbench.methods.able import able_contrastive_loss, able_weights
@@ -36,7 +36,7 @@ from pllbench.methods.valen import (
     reconstruction_loss,
     reconstruction_target,
 )
-from pllbench.views import ViewMaker
+from pllbench.views.maker import ViewMaker
 
 LN3 = math.log(3)
 

@@ -11,16 +11,16 @@ import torch
 from conftest import smoke_run
 
 from pllbench.artifacts import ArtifactStore
+from pllbench.cad_edits.edits import build_edits, edits_key
 from pllbench.cli import main as cli_main
-from pllbench.edits import build_edits, edits_key
+from pllbench.data.prepare import prepare
 from pllbench.errors import PllbenchError
 from pllbench.losses import log1m_softmax, weighted_contrastive_loss
 from pllbench.method import Batch, MethodContext, get_method, resolve_hparams
 from pllbench.methods.cad import class_mask, posneg_weights, weighted_penalty_loss
 from pllbench.methods.cad_cam import cam_edits
-from pllbench.prepare import prepare
 from pllbench.presets import method_overrides
-from pllbench.views import ViewMaker
+from pllbench.views.maker import ViewMaker
 
 P = torch.tensor([[0.5, 0.2, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]], dtype=torch.float64)
 Y = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float64)

@@ -12,9 +12,9 @@ import torch
 from conftest import smoke_run
 
 from pllbench import presets
-from pllbench.evaluate import effective_rank, mean_pairwise_cosine
+from pllbench.evaluate import collapsed_epochs, effective_rank, mean_pairwise_cosine, projection_collapsed
 from pllbench.losses import contrastive_chance, moco_chance, moco_loss, weighted_contrastive_loss
-from pllbench.results import collapsed_epochs, projection_collapsed
+from pllbench.train.loop import lr_at
 
 
 def curves(run_dir):
@@ -105,10 +105,10 @@ def test_calibrated_quick_learner_view_and_schedule_at_smoke_size(smoke_cache, t
 
 def test_per_step_cosine_schedule():
     cfg = {"lr": 0.1, "eta_min": 0.0, "epochs": 2, "schedule": "step"}
-    assert presets.lr_at(cfg, 0, 0, 10) == pytest.approx(0.1)
-    assert presets.lr_at(cfg, 1, 0, 10) == pytest.approx(0.05)
-    assert presets.lr_at(cfg, 0, 5, 10) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
-    assert presets.lr_at(dict(cfg, schedule="epoch"), 0, 5, 10) == pytest.approx(0.1)
+    assert lr_at(cfg, 0, 0, 10) == pytest.approx(0.1)
+    assert lr_at(cfg, 1, 0, 10) == pytest.approx(0.05)
+    assert lr_at(cfg, 0, 5, 10) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(dict(cfg, schedule="epoch"), 0, 5, 10) == pytest.approx(0.1)
 
 
 def test_status_flags_a_collapsed_projection(smoke_cache, tmp_path, capsys):

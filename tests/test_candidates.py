@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pllbench.candidates import build_report, inclusion_probs, sample_candidates
+from pllbench.data.candidates import build_report, inclusion_probs, sample_candidates
 
 
 def official_steps(logits: torch.Tensor, labels: torch.Tensor, rate: float) -> torch.Tensor:
@@ -121,7 +121,7 @@ def test_report_hand_count():
 
 
 def test_uniform_source_kernel_and_spelling():
-    from pllbench.candidates import parse_source, source_text, uniform_probs
+    from pllbench.data.candidates import parse_source, source_text, uniform_probs
     from pllbench.errors import PllbenchError
 
     probs = uniform_probs(torch.tensor([2, 0]), 3, 0.25)
@@ -140,10 +140,10 @@ def test_uniform_source_kernel_and_spelling():
 
 
 def test_uniform_candidates_are_their_own_artifact_run_and_board_column(smoke_cache, tmp_path):
+    from pllbench.data.prepare import prepare
     from pllbench.errors import PllbenchError
-    from pllbench.grid import GridSpec
-    from pllbench.prepare import prepare
-    from pllbench.results import dataset_column
+    from pllbench.grid.jobs import GridSpec
+    from pllbench.leaderboard.results import dataset_column
 
     cpu = torch.device("cpu")
     ident = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=cpu, echo=lambda *_: None)

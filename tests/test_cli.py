@@ -99,7 +99,7 @@ def test_bf16_on_a_cpu_without_native_bfloat16_says_it_is_slower(capsys, monkeyp
                                                                  noted):
     """--bf16 on a CPU without avx512_bf16 / AMX is emulated and slower than fp32: the run says so in one line, and
     still runs; a CPU with them, or one whose flags cannot be read, gets no note."""
-    from pllbench import machine
+    from pllbench.train import machine
 
     monkeypatch.setattr(machine, "native_bf16_flags", lambda: flags)
     argv = SMOKE + ["--methods", "cc", "--epochs", "1", "--bf16", "--device", "cpu", "--runs", str(tmp_path / "r"),
@@ -110,7 +110,7 @@ def test_bf16_on_a_cpu_without_native_bfloat16_says_it_is_slower(capsys, monkeyp
 
 
 def test_native_bf16_flags_reads_the_cpu_flags(monkeypatch):
-    from pllbench import machine
+    from pllbench.train import machine
 
     monkeypatch.setattr(machine, "_proc_value", lambda path, key: "fpu sse2 avx512f avx512_bf16 amx_tile")
     assert machine.native_bf16_flags() == ["avx512_bf16"]

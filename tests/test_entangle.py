@@ -12,7 +12,8 @@ import torch
 from conftest import smoke_run
 
 from pllbench.cli import main
-from pllbench.entangle import (
+from pllbench.entangle.extractors import Extractor
+from pllbench.entangle.pairs import (
     canonical_scores,
     center_distance,
     class_centroids,
@@ -29,7 +30,6 @@ from pllbench.entangle import (
     top_cross_class_pairs,
 )
 from pllbench.errors import PllbenchError
-from pllbench.extractors import Extractor
 
 # §7: six instances, 2-d features, 3 classes.
 TOY_FEATURES = torch.tensor([[4, 1], [3, 2], [2, 3], [-1, 5], [4, -1], [1, -3]], dtype=torch.float64)
@@ -245,7 +245,7 @@ def test_cli_scores_a_smoke_run(smoke_cache, tmp_path, capsys):
 def test_cli_does_not_score_a_run_twice(smoke_cache, tmp_path, capsys, monkeypatch):
     """A run whose entangle.json holds this analysis of the same subsets is reused (its model is not loaded);
     other subsets, plots that need its features, and --rescore score it again."""
-    import pllbench.entangle_report as report
+    import pllbench.entangle.report as report
 
     _, run_dir, _ = smoke_run("proden", smoke_cache, tmp_path / "runs")
     base = ["entangle", "--dataset", "synthetic", "--preset", "smoke", "--cache-dir", str(smoke_cache),
@@ -282,7 +282,7 @@ def test_cli_rejects_bad_input(args, message, smoke_cache, capsys):
 def test_timm_weights_map_by_position(tmp_path):
     """A weights file whose key names differ from timm's loads by position and shape."""
     timm = pytest.importorskip("timm")
-    from pllbench.extractors import timm_eval_transform, timm_extractor
+    from pllbench.entangle.extractors import timm_eval_transform, timm_extractor
 
     torch.manual_seed(0)
     reference = timm.create_model("test_efficientnet", pretrained=False).eval()

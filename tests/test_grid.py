@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import cli_command
 
-from pllbench import trainer
 from pllbench.cli import main
-from pllbench.grid import GridSpec, RunEnv, split_datasets
-from pllbench.grid_file import load_grid_file
-from pllbench.launchers import LaunchOptions, submit_slurm, visible_gpus, wait_slurm
-from pllbench.runconfig import RunConfig
-from pllbench.runs import read_attempts
+from pllbench.grid.file import load_grid_file
+from pllbench.grid.jobs import GridSpec, RunEnv, split_datasets
+from pllbench.grid.launchers import LaunchOptions, submit_slurm, visible_gpus, wait_slurm
+from pllbench.train import loop as trainer
+from pllbench.train.runconfig import RunConfig
+from pllbench.train.runs import read_attempts
 
 BASE = 'methods = ["proden"]\ndatasets = ["synthetic"]\npreset = "smoke"\n'
 

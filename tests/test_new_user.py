@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pllbench.cli import main
-from pllbench.runs import claim, read_attempts
+from pllbench.train.runs import claim, read_attempts
 from pllbench.util import sha256_file
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -78,7 +78,7 @@ def test_run_without_preset_uses_paper_and_a_preset_refuses_foreign_datasets(cap
     error_line(capsys, ["run", "--methods", "dirk", "--dataset", "cifar10", "--preset", "quick", "--data-root",
                         str(tmp_path)], "preset 'quick' is not made for dataset 'cifar10'", "--preset paper")
     error_line(capsys, ["candidates", "--dataset", "synthetic"], "preset 'paper' is not made for dataset")
-    from pllbench.grid import GridSpec
+    from pllbench.grid.jobs import GridSpec
     from pllbench.presets import preset_datasets, resolve_preset
 
     assert GridSpec(["dirk"], ["fmnist"], [0]).preset == "paper"
@@ -111,7 +111,7 @@ def test_header_estimate_and_epoch_lines(capsys, smoke_cache, tmp_path):
 
 
 def test_paper_on_a_cpu_warns_with_the_estimate_and_names_the_cpu_preset():
-    from pllbench.trainer import wall_time_line
+    from pllbench.train.loop import wall_time_line
 
     config = {"method": "dirk", "seed": 0, "dataset": {"name": "cifar10", "options": {}},
               "preset": {"name": "paper", "epochs": 500}}

@@ -11,8 +11,7 @@ import pytest
 import torch
 from conftest import smoke_run
 
-from pllbench import trainer
-from pllbench.data import DatasetInfo
+from pllbench.data.registry import DatasetInfo
 from pllbench.errors import PllbenchError
 from pllbench.losses import masked_mean
 from pllbench.method import Batch, MethodContext
@@ -26,7 +25,8 @@ from pllbench.methods.pico_plus import (
     select_reliable,
 )
 from pllbench.presets import method_overrides, resolve_preset
-from pllbench.views import ViewMaker
+from pllbench.train import loop as trainer
+from pllbench.views.maker import ViewMaker
 
 TIMING = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
 

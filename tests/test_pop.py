@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import smoke_run
 
-from pllbench.data import DatasetInfo
+from pllbench.data.registry import DatasetInfo
 from pllbench.losses import renormalize
 from pllbench.method import Batch, MethodContext
 from pllbench.methods.pop import POP, grow_threshold, pop_loss, purify
-from pllbench.views import ViewMaker
+from pllbench.views.maker import ViewMaker
 
 TIMING_KEYS = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
 
@@ -164,7 +164,7 @@ def assert_resume_is_bit_identical(method, smoke_cache, tmp_path, monkeypatch, c
     """Train `method` straight, then again stopped right after epoch `stop_after`'s checkpoint and rerun: the rerun
     resumes from it, and weights, buffers, predictions and curves equal the straight run's bit for bit. Returns the
     straight run's final state and curves."""
-    from pllbench import trainer
+    from pllbench.train import loop as trainer
 
     _, straight, _ = smoke_run(method, smoke_cache, tmp_path / "straight", hp=hp, epochs=epochs)
     save = trainer.save_checkpoint

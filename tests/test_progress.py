@@ -45,8 +45,8 @@ class FakeTerminal(io.StringIO):
 def test_a_run_on_a_terminal_shows_its_epoch_on_the_bar(smoke_cache, tmp_path, monkeypatch):
     import tqdm
 
-    from pllbench.prepare import prepare
-    from pllbench.trainer import resolve_run_config, run_id, train_run
+    from pllbench.data.prepare import prepare
+    from pllbench.train.loop import resolve_run_config, run_id, train_run
 
     prep = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=torch.device("cpu"), echo=lambda *_: None)
     config = resolve_run_config(prep, "proden", 0, {})
@@ -65,12 +65,12 @@ def test_a_run_on_a_terminal_shows_its_epoch_on_the_bar(smoke_cache, tmp_path, m
 
 
 def test_the_paper_preset_on_a_cpu_warns_before_any_work(monkeypatch, capsys, tmp_path):
-    import pllbench.prepare
+    import pllbench.data.prepare
 
     def no_work(*_args, **_kwargs):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(pllbench.prepare, "prepare", no_work)
+    monkeypatch.setattr(pllbench.data.prepare, "prepare", no_work)
     main(["run", "--methods", "proden", "--dataset", "fmnist", "--preset", "paper", "--device", "cpu", "--runs",
           str(tmp_path / "runs")])
     err = capsys.readouterr().err.splitlines()

@@ -1,6 +1,6 @@
-"""RunConfig (pllbench/runconfig.py): one resolution of a run that the trainer, the grid and `status`, the leaderboard
-and `entangle` all agree on; hyperparameter declarations (type, range, views) checked at resolve time; the artifact
-store in the method context; a regression test for each drift the single resolution removed."""
+"""RunConfig (pllbench/train/runconfig.py): one resolution of a run that the trainer, the grid and `status`, the
+leaderboard and `entangle` all agree on; hyperparameter declarations (type, range, views) checked at resolve time; the
+artifact store in the method context; a regression test for each drift the single resolution removed."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import pytest
 import torch
 from conftest import smoke_run
 
-from pllbench import trainer
 from pllbench.artifacts import ArtifactStore
+from pllbench.cad_edits.edits import build_edits, edits_key
 from pllbench.cli import main
-from pllbench.edits import build_edits, edits_key
+from pllbench.data.prepare import prepare
+from pllbench.entangle.extractors import load_run_method
 from pllbench.errors import PllbenchError
-from pllbench.extractors import load_run_method
-from pllbench.grid import GridSpec
-from pllbench.grid_file import load_grid_file
-from pllbench.grid_status import grid_status
+from pllbench.grid.file import load_grid_file
+from pllbench.grid.jobs import GridSpec
+from pllbench.grid.status import grid_status
+from pllbench.leaderboard.results import load_runs, row_label
 from pllbench.method import (
     HP,
     MethodContext,
@@ -30,13 +31,12 @@ from pllbench.method import (
     parse_hp_overrides,
     resolve_hparams,
 )
-from pllbench.prepare import prepare
 from pllbench.presets import method_overrides, resolve_preset
-from pllbench.results import load_runs, row_label
-from pllbench.runconfig import RunConfig
-from pllbench.runs import scan
+from pllbench.train import loop as trainer
+from pllbench.train.runconfig import RunConfig
+from pllbench.train.runs import scan
 from pllbench.util import key_hash
-from pllbench.views import run_view_maker
+from pllbench.views.maker import run_view_maker
 
 CPU = torch.device("cpu")
 # Hyperparameters a random draw leaves alone: sizes tied to each other or to the batch, and the edit source.
