@@ -15,9 +15,9 @@ import statistics
 from pathlib import Path
 
 from pllbench.leaderboard.results import load_runs
-from pllbench.leaderboard.tables import duration
 from pllbench.method import method_names
 from pllbench.tune.cost import default_runs, packed_wall, run_seconds
+from pllbench.wording import duration
 
 
 def main() -> None:

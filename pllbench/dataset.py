@@ -7,7 +7,6 @@ registered datasets (the built-ins under datasets/, then the entry-point group `
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import PllbenchError, exception_text
+from .plugins import SAFE_NAME
 from .views.families import TEACHER_AUGMENTS, view_family
 
 
@@ -98,7 +98,6 @@ class Dataset(ABC):
 
 
 _DATASETS: dict[str, type[Dataset]] = {}
-SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,63}")
 
 
 def register_dataset(name: str):

@@ -10,7 +10,6 @@ optimiser, devices, AMP, checkpoints and evaluation.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from .hparams import (  # noqa: F401 (the hyperparameter API is part of the meth
     resolve_hparams,
 )
 from .nets import Classifier, SupConNet, build_backbone, ema_update
-from .plugins import load_entry_points
+from .plugins import SAFE_NAME, load_entry_points
 from .views.maker import ViewMaker
 
 
@@ -265,7 +264,6 @@ class EMATeacherMethod(Method):
 
 
 _METHODS: dict[str, type[Method]] = {}
-SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,63}")
 
 
 def register_method(name: str):

@@ -36,7 +36,8 @@ def smoke_run(method: str, cache, runs, seed: int = 0, hp: dict | None = None, d
     """Prepare smoke data and train one method; returns (final, run_dir, prepared)."""
     from pllbench.data.prepare import prepare
     from pllbench.method import get_method, parse_hp_overrides
-    from pllbench.train.loop import resolve_run_config, run_id, train_run
+    from pllbench.train.loop import resolve_run_config, train_run
+    from pllbench.train.runconfig import run_id
 
     device = torch.device("cpu")
     prep = prepare(dataset, "smoke", seed, cache=cache, device=device, echo=lambda *_: None,

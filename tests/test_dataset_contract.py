@@ -76,7 +76,8 @@ def test_smoke_dataset_keys_teacher_keys_and_run_ids_are_unchanged(tmp_path):
     run began to record only its own entries of the preset's method table (smoke's table has CEL, VALEN and CAD
     entries)."""
     from pllbench.data.prepare import prepare
-    from pllbench.train.loop import resolve_run_config, run_id
+    from pllbench.train.loop import resolve_run_config
+    from pllbench.train.runconfig import run_id
 
     for key, want in json.loads(GOLDEN.read_text())["smoke_runs"].items():
         spec, method = key.rsplit("/", 1)

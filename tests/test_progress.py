@@ -46,7 +46,8 @@ def test_a_run_on_a_terminal_shows_its_epoch_on_the_bar(smoke_cache, tmp_path, m
     import tqdm
 
     from pllbench.data.prepare import prepare
-    from pllbench.train.loop import resolve_run_config, run_id, train_run
+    from pllbench.train.loop import resolve_run_config, train_run
+    from pllbench.train.runconfig import run_id
 
     prep = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=torch.device("cpu"), echo=lambda *_: None)
     config = resolve_run_config(prep, "proden", 0, {})

@@ -33,7 +33,7 @@ from pllbench.method import (
 )
 from pllbench.presets import method_overrides, resolve_preset
 from pllbench.train import loop as trainer
-from pllbench.train.runconfig import RunConfig
+from pllbench.train.runconfig import RunConfig, run_id
 from pllbench.train.runs import scan
 from pllbench.util import key_hash
 from pllbench.views.maker import run_view_maker
@@ -100,10 +100,10 @@ def test_random_configs_agree_across_trainer_grid_status_results_and_entangle(sm
             if key in ("lr", "momentum", "weight_decay", "eta_min", "batch_size"):
                 assert run.preset[key] == value
                 assert (f"{key}={value}" in run.label) == (value != preset[key]), run.label
-        run_dir = runs / trainer.run_id(config)
+        run_dir = runs / run_id(config)
         trainer.write_config(run_dir, run, CPU)
         on_disk = json.loads((run_dir / "config.json").read_text())
-        assert trainer.run_id(on_disk) == f"{run_dir.parent.name}/{run_dir.name}" == run.run_id
+        assert run_id(on_disk) == f"{run_dir.parent.name}/{run_dir.name}" == run.run_id
         assert RunConfig.from_json(on_disk) == run
         # entangle rebuilds the method the trainer built: same hyperparameters, views, context and artifact store
         cands = torch.from_numpy(prep.candidates.matrix).float()
@@ -161,7 +161,7 @@ def test_a_run_folder_is_named_by_the_run_id_of_its_own_config_json(smoke_cache,
         final, run_dir, _ = smoke_run(method, smoke_cache, tmp_path / "runs", **kwargs)
         config = json.loads((run_dir / "config.json").read_text())
         rel = f"{run_dir.parent.name}/{run_dir.name}"
-        assert trainer.run_id(config) == rel == final["run"] == RunConfig.from_json(config).run_id
+        assert run_id(config) == rel == final["run"] == RunConfig.from_json(config).run_id
         assert "environment" in config and _legacy_run_id(config) != rel  # the old function missed it
 
 
@@ -183,11 +183,11 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
         legacy["candidates"] = {k: v for k, v in config["candidates"].items() if k != "seed"}
         # keys declared after these runs were made, at the value the runs had (HP.implicit), are not hashed
         legacy["hparams"] = {k: v for k, v in config["hparams"].items() if k != "weight_lookup"}
-        assert trainer.run_id(config) == _legacy_run_id(legacy)
+        assert run_id(config) == _legacy_run_id(legacy)
         assert config["preset"]["method_hparams"] == own[method]  # only the entries that apply to the method
         old = dict(config, preset=dict(config["preset"], method_hparams=whole))  # recorded before the narrowing
         assert RunConfig.from_json(old).run_id == _legacy_run_id(
-            dict(legacy, preset=old["preset"])) != trainer.run_id(config)  # an old folder keeps its own id
+            dict(legacy, preset=old["preset"])) != run_id(config)  # an old folder keeps its own id
         assert RunConfig.from_json(old).signature == RunConfig.from_json(config).signature  # and is the same run
     quick = {  # quick's ids changed once, with teacher_init
         "*": {"queue_size": 2048}, "cel": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
@@ -196,7 +196,7 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
     table = resolve_preset("quick", "fmnist")["method_hparams"]
     assert {k: table[k] for k in quick} == quick
     assert resolve_preset("paper", "cifar10")["method_hparams"] == {}
-    assert trainer.run_id(trainer.resolve_run_config(prep, "dirk", 0, {}, bf16=True)) != trainer.run_id(
+    assert run_id(trainer.resolve_run_config(prep, "dirk", 0, {}, bf16=True)) != run_id(
         trainer.resolve_run_config(prep, "dirk", 0, {}))
 
 

@@ -18,11 +18,11 @@ from pllbench.train.loop import (
     compile_backbones,
     make_batch,
     resolve_run_config,
-    run_id,
     throughput_summary,
     train_step,
 )
 from pllbench.train.machine import peak_memory_mb, reset_peak_memory
+from pllbench.train.runconfig import run_id
 from pllbench.views.maker import ViewMaker
 
 

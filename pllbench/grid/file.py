@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import PllbenchError
 from ..hparams import UNSCOPED
+from ..util import is_number
 
 LAUNCHERS = ("local", "ray", "slurm")
 SLURM_KEYS = {"partition": str, "timeout_min": int, "array_parallelism": int, "mem_gb": (int, float),
@@ -24,10 +25,6 @@ _TOP_KEYS = {
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _names(value, key: str, where: str) -> list[str]:
@@ -93,7 +90,7 @@ def load_grid_file(path: str | Path) -> tuple[dict, dict]:
                 raise bad(key)
             spec[key] = value
         elif key == "val_fraction":
-            if not _is_number(value) or not 0 <= value <= 0.5:
+            if not is_number(value) or not 0 <= value <= 0.5:
                 raise bad(key)
             spec[key] = float(value)
         elif key == "launcher":
@@ -101,7 +98,7 @@ def load_grid_file(path: str | Path) -> tuple[dict, dict]:
                 raise bad(key)
             launch[key] = value
         elif key in ("gpus_per_job", "cpus_per_job"):
-            if not _is_number(value) or value < 0 or (key == "cpus_per_job" and value == 0):
+            if not is_number(value) or value < 0 or (key == "cpus_per_job" and value == 0):
                 raise bad(key)
             launch[key] = float(value)
         elif key == "hp":

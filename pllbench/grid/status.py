@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import PllbenchError
 from ..train.runs import RunFolder, read_job_failure, scan
-from ..wording import plural
+from ..wording import clock, plural
 from .jobs import GridSpec, run_signature
 from .records import recorded_grids
 
@@ -79,11 +79,6 @@ def folder_status(group: str, folders: list[RunFolder]) -> GridStatus:
     return status
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float]) -> str:
     counts = (f"  done {len(status.done)} · running {len(status.running)} · failed {status.failed_count} · "
               f"interrupted {len(status.incomplete)} · corrupt {len(status.corrupt)}")
@@ -138,7 +133,7 @@ def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float
         if unknown == len(left):
             lines.append("  ETA         unknown (no epoch measured yet)")
         else:
-            lines.append(f"  ETA         {_duration(total / parallel)} for {plural(sum(e for *_, e in left), 'epoch')} "
+            lines.append(f"  ETA         {clock(total / parallel)} for {plural(sum(e for *_, e in left), 'epoch')} "
                          f"left at {plural(parallel, 'job')} in parallel (measured epoch times)"
                          + (f"; {plural(unknown, 'job')} without an estimate" if unknown else ""))
     return "\n".join(lines)

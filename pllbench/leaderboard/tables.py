@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import DataRow, TableFormat, tabulate
 
-from ..wording import plural
+from ..wording import duration, plural
 from .cells import KEY, Board
 from .results import parse_top_column
 
@@ -99,13 +99,6 @@ def cell_text(cell, notes: list[tuple[int, str]], bold: bool = False) -> str:
 
 def _cell(stats: pd.DataFrame, label: str, column: str):
     return stats.loc[(label, column)] if (label, column) in stats.index else None
-
-
-def duration(seconds: float) -> str:
-    seconds = round(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return (f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s")
 
 
 def union_seconds(intervals: list[tuple[float, float]]) -> float:

@@ -60,11 +60,6 @@ def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epo
     return run.with_artifacts(prep).to_json()
 
 
-def run_id(config: RunConfig | dict) -> str:
-    """The run id of a config (a RunConfig, or config.json's content: the `environment` key is not part of it)."""
-    return RunConfig.of(config).run_id
-
-
 def throughput_summary(curves: list[dict]) -> dict:
     """final.json's speed record: median epoch throughput and time, the peak memory, and what that peak covers:
     "run" only when every epoch's peak was counted from its run's start (a resumed run has epochs from several

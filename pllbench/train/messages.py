@@ -7,21 +7,12 @@ from pathlib import Path
 
 import torch
 
-from ..wording import plural
-from .runconfig import RunConfig
-
-
-def run_id(config) -> str:
-    return RunConfig.of(config).run_id
+from ..wording import clock, plural
+from .runconfig import run_id
 
 
 def stderr_line(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def run_header(config: dict, run_dir: Path, n_train: int, n_val: int, n_test: int, steps: int, device) -> str:
@@ -36,7 +27,7 @@ def run_header(config: dict, run_dir: Path, n_train: int, n_val: int, n_test: in
 def wall_time_line(config: dict, device, seconds_per_step: float, probe: int, steps: int, epochs_left: int) -> str:
     """The estimate printed after the first steps; on a CPU the paper preset also gets a warning naming `quick`."""
     total = seconds_per_step * steps * epochs_left
-    line = (f"{run_id(config)}: estimated wall time {duration(total)} ({plural(epochs_left, 'epoch')} of "
+    line = (f"{run_id(config)}: estimated wall time {clock(total)} ({plural(epochs_left, 'epoch')} of "
             f"{plural(steps, 'step')} at {seconds_per_step:.3f} s/step, measured over the first "
             f"{plural(probe, 'step')}; evaluation not included)")
     if config["preset"]["name"] == "paper" and torch.device(device).type == "cpu":

@@ -343,3 +343,8 @@ class RunConfig:
         if self.bf16:
             changes.append("bf16")
         return label + ("{" + ", ".join(changes) + "}" if changes else "")
+
+
+def run_id(config: RunConfig | dict) -> str:
+    """The run id of a config (a RunConfig, or config.json's content: the `environment` key is not part of it)."""
+    return RunConfig.of(config).run_id

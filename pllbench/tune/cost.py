@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..leaderboard.tables import duration
+from ..wording import duration
 
 
 def packed_wall(jobs: list[float], workers: int) -> float:
