@@ -1,11 +1,13 @@
-"""Behaviour check for refactors: every method's weights after its 3 smoke epochs, and the leaderboard of those runs.
+"""Behaviour check for refactors: every method's weights after 3 smoke epochs, and the leaderboard of those runs.
 
-`record` trains every registered method on the smoke preset (synthetic data, seed 0, CPU, one thread) through the
-command line, hashes each run's model.pt tensors and writes the table to benchmarks/results/smoke-digests.json;
-`check` trains again and compares with the table. Both keep the run folders (`--runs`), so the leaderboard rendered
-from them by one version of the code can be compared byte for byte with the one another version renders
-(`pllbench leaderboard --runs R --out A`, then diff). Only the command line and `pllbench.method.method_names` are
-used, so the script runs unchanged on either side of a move of the modules.
+`record` trains every registered method for 3 epochs of the smoke preset (synthetic data, seed 0, CPU, one thread)
+through the command line, hashes each run's model.pt tensors and writes the table to
+benchmarks/results/smoke-digests.json; `check` trains again and compares with the table. The table was recorded
+with the code of commit 68872e0, before the modules moved into subpackages (`PYTHONPATH` pointing at a copy of that
+commit's pllbench/, with methods/ and datasets/ linked inside it). Both keep the run folders (`--runs`), so the
+leaderboard rendered from them by one version of the code can be compared byte for byte with the one another version
+renders (`pllbench leaderboard --runs R --out A`, then diff). Only the command line and
+`pllbench.method.method_names` are used, so the script runs unchanged on either side of a move of the modules.
 """
 
 from __future__ import annotations
@@ -43,11 +45,11 @@ def weights_digest(model_file: Path) -> str:
     return digest.hexdigest()
 
 
-def train_all(runs: Path, cache: Path) -> dict[str, dict]:
+def train_all(runs: Path, cache: Path, epochs: int) -> dict[str, dict]:
     env = dict(os.environ, PLLBENCH_CACHE=str(cache), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     subprocess.run([sys.executable, "-m", "pllbench", "run", "--methods", "all", "--datasets", "synthetic",
-                    "--preset", "smoke", "--seeds", "0", "--workers", "1", "--device", "cpu", "--runs", str(runs),
-                    "--no-progress"], env=env, check=True)
+                    "--preset", "smoke", "--epochs", str(epochs), "--seeds", "0", "--workers", "1", "--device", "cpu",
+                    "--runs", str(runs), "--no-progress"], env=env, check=True)
     table = {}
     for final in sorted(runs.rglob("final.json")):
         info = json.loads(final.read_text())
@@ -60,9 +62,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", choices=["record", "check"])
     parser.add_argument("--runs", type=Path, default=None, help="Run folder root (default: a temporary folder).")
+    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     runs = args.runs or Path(tempfile.mkdtemp(prefix="smoke-digests-"))
-    table = train_all(runs, runs.parent / f"{runs.name}-cache")
+    table = train_all(runs, runs.parent / f"{runs.name}-cache", args.epochs)
     missing = sorted(set(method_names()) - set(table))
     if missing:
         sys.exit(f"no finished run for {', '.join(missing)}")
