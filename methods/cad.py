@@ -1,9 +1,9 @@
 """CAD (CVPR'26): EMA-teacher weighted penalty distillation plus alignment over class-specific edits.
 
-methods.md §1 (official CAD code, a fork of DIRK; see methods/dirk.py). The teacher's confidences, renormalised
-separately over the candidates and the non-candidates (posneg), weight −log p on the candidates and −log(1 − p) on
-the non-candidates. One edit per instance and candidate label feeds a weighted contrastive loss whose positives are
-the edits of the same class (the other edits of the same image are hard negatives), weighted by the similarity of
+docs/spec/methods.md §1 (official CAD code, a fork of DIRK; see methods/dirk.py). The teacher's confidences,
+renormalised separately over the candidates and the non-candidates (posneg), weight −log p on the candidates and −log(1
+− p) on the non-candidates. One edit per instance and candidate label feeds a weighted contrastive loss whose positives
+are the edits of the same class (the other edits of the same image are hard negatives), weighted by the similarity of
 the teacher's logits on the edits; epoch < prot_start uses MoCo instead.
 
 Editors (hyperparameter `editor`): `ip2p` (the paper's, default) or any other stored edit artifact for the run's

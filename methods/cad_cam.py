@@ -1,4 +1,4 @@
-"""CAD-CAM: CAD with edits made online from the EMA teacher's class activation maps (methods.md §2).
+"""CAD-CAM: CAD with edits made online from the EMA teacher's class activation maps (docs/spec/methods.md §2).
 
 Each step, before CAD's teacher pass, the teacher (train mode, as left by the last EMA update) forwards the base
 view; for every instance i and candidate s the CAM a_s = ReLU(Σ_c W_T[s,c]·G_c) of its last conv map G is min-max

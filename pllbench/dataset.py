@@ -45,7 +45,7 @@ class DatasetInfo:
     input_size: int  # model input side
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    view_family: str  # a registered ViewFamily: "28", "32" or "224" (protocols.md §3), or one a dataset adds
+    view_family: str  # a registered ViewFamily: "28", "32" or "224" (docs/spec/protocols.md §3), or one a dataset adds
     classes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -55,7 +55,8 @@ class DatasetInfo:
                                 f"(got {self.channels}, {len(self.mean)}, {len(self.std)})")
 
 
-# The fields of a candidate-teacher recipe (candidates.md §3); seed, SGD-Nesterov, warm-up and mode are common.
+# The fields of a candidate-teacher recipe (docs/spec/candidates.md §3); seed, SGD-Nesterov, warm-up and mode are
+# common.
 TEACHER_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "augment", "label_smoothing")
 
 
@@ -66,7 +67,7 @@ class Dataset(ABC):
     name: ClassVar[str] = ""  # set by @register_dataset
     # The presets made for this dataset: the one record of which preset runs which dataset.
     presets: ClassVar[tuple[str, ...]] = ()
-    rate: ClassVar[float] = 1.0  # candidate rate r of the ID generator (candidates.md §2)
+    rate: ClassVar[float] = 1.0  # candidate rate r of the ID generator (docs/spec/candidates.md §2)
     # Candidate-teacher recipe per preset ("*": any preset not named); a preset it does not name uses the preset's
     # own teacher (pllbench.presets.TEACHERS: quick, smoke), and a preset with neither is refused.
     teachers: ClassVar[dict[str, dict]] = {}

@@ -65,7 +65,7 @@ def projection_diagnostics(project, images: torch.Tensor, maker: ViewMaker, limi
 
 def projection_collapsed(cosines: list[float]) -> bool:
     """A run's projection collapsed when its mean cosine ends above COLLAPSE_COSINE, or stays above it for at least
-    half the epochs: a head that escapes late (seed 2 of CAD-CAM on quick: 11 of 15 epochs) trains for too few."""
+    half the epochs: a head that escapes late trains for too few (docs/calibration.md, "Collapse")."""
     if not cosines:
         return False
     return cosines[-1] > COLLAPSE_COSINE or 2 * collapsed_epochs(cosines) >= len(cosines)

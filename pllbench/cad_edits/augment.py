@@ -1,4 +1,4 @@
-"""InstructPix2Pix class-specific edits for CAD (methods.md §1 "Augment artifact"); the `pllbench augment`
+"""InstructPix2Pix class-specific edits for CAD (docs/spec/methods.md §1 "Augment artifact"); the `pllbench augment`
 command is in pllbench/cli/augment.py.
 
 One edit E_{i,s} per train instance i and candidate s ∈ S_i, written through `pllbench.cad_edits.edits.build_edits` in

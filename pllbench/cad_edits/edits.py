@@ -1,4 +1,5 @@
-"""Class-specific edits (methods.md §1 "Augment artifact"; candidates.md §4): the on-disk format and its readers.
+"""Class-specific edits (docs/spec/methods.md §1 "Augment artifact"; docs/spec/candidates.md §4): the on-disk format and
+its readers.
 
 One edit E_{i,s} per train instance i and candidate label s ∈ S_i (the true label included; it is never known here).
 

@@ -1,4 +1,4 @@
-"""The shared instance-dependent candidate generator (candidates.md): kernel, sampling, artifact, report."""
+"""The shared instance-dependent candidate generator (docs/spec/candidates.md): kernel, sampling, artifact, report."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def sample_candidates(q: torch.Tensor, labels: torch.Tensor, seed_key: tuple) ->
 
 
 def build_report(cands: np.ndarray, labels: np.ndarray, q: np.ndarray, teacher: dict) -> dict:
-    """Every item of candidates.md §5 (teacher stats are computed by the caller)."""
+    """Every item of docs/spec/candidates.md §5 (teacher stats are computed by the caller)."""
     n, k = cands.shape
     sizes = cands.sum(axis=1).astype(np.int64)
     counts = np.bincount(labels, minlength=k).astype(np.int64)

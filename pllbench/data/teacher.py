@@ -1,4 +1,4 @@
-"""Candidate teachers (candidates.md §3): trained once per (dataset, preset) on clean labels, then cached.
+"""Candidate teachers (docs/spec/candidates.md §3): trained once per (dataset, preset) on clean labels, then cached.
 
 This is the one place the true train labels train anything. Everything that feeds the candidate generator (the
 teacher's training and its logits) runs at one CPU thread (`one_thread`): CPU kernels split their reductions by

@@ -1,4 +1,4 @@
-"""Feature extractors for entangled subsets and center distance (entanglement.md §1): the candidate `teacher`,
+"""Feature extractors for entangled subsets and center distance (docs/spec/entanglement.md §1): the candidate `teacher`,
 `timm:NAME[@FILE]` (a pretrained backbone, offline) and `ckpt:RUN_DIR` (a finished pllbench run's `features()`)."""
 
 from __future__ import annotations

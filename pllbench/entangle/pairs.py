@@ -1,4 +1,4 @@
-"""Entangled subsets (entanglement.md): the most similar cross-class pairs of a split under a fixed extractor.
+"""Entangled subsets (docs/spec/entanglement.md): the most similar cross-class pairs of a split under a fixed extractor.
 
 Pure functions first: the exact blockwise top-k of cross-class pairs by cosine (§5), k_p from a decimal p (§2),
 threshold counts, per-p statistics (§3), candidate sharing (§6) and center distance (§4). Then the content-addressed

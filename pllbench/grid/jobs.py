@@ -194,8 +194,8 @@ def run_signature(config: dict) -> str | None:
 
 
 def recorded_earlier(runs: Path, run: RunConfig) -> RunConfig | None:
-    """The same run as an older pllbench recorded it, when its folder has another id: before 2026-12-02 a run
-    recorded its preset's whole method table (RunConfig.with_own_method_table). That folder's own config then
+    """The same run as an older pllbench recorded it, when its folder has another id: the older format
+    recorded the preset's whole method table (RunConfig.with_own_method_table). That folder's own config then
     stands, so the job resumes or skips it there rather than training the same run again under the new id."""
     folder = inside_root(runs, run.run_id)
     if folder.exists():
@@ -227,7 +227,7 @@ class RunEnv:
     debug: bool = False
     session: str = ""  # one per `pllbench run`: prepared data is reused within it, re-verified by the next
     compile: bool = False  # torch.compile the backbones (trainer.resolve_run_config)
-    bf16: bool = False  # bfloat16 autocast, CUDA or CPU (protocols.md §4: off by default)
+    bf16: bool = False  # bfloat16 autocast, CUDA or CPU (docs/spec/protocols.md §4: off by default)
     quiet_failures: bool = False  # a one-job grid: its failure is the command's one `error:` line, not echoed here
 
 

@@ -1,4 +1,5 @@
-"""Where a grid's jobs run. Each launcher calls `grid.execute_job` once per job and returns the results in job order.
+"""Where a grid's jobs run. Each launcher calls `grid.jobs.execute_job` once per job and returns the results in job
+order.
 
 - `local`: this process (`--workers 1`), or N spawned worker processes sharing a job queue; on GPUs worker k sees
   only GPU k mod n (CUDA_VISIBLE_DEVICES), on the CPU each worker gets cores / N torch threads. A worker's output
@@ -95,7 +96,7 @@ class WorkerOutput(io.TextIOBase):
 def _local_worker(slot: int, gpus: list[str], threads: int, env: RunEnv, jobs, results) -> None:
     """A spawned worker: take jobs until the sentinel, its output sent to the parent as ("line", text) and each
     result as ("result", index, result). Ctrl-C is the parent's to handle: it stops us with SIGTERM, which records
-    the interrupted run (grid.execute_job) and releases its claim before we exit."""
+    the interrupted run (grid.jobs.execute_job) and releases its claim before we exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout = sys.stderr = WorkerOutput(lambda line: results.put(("line", line)))
     if gpus:

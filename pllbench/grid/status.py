@@ -98,7 +98,7 @@ def render_status(status: GridStatus, epoch_seconds: dict[tuple[str, str], float
         lines.append(f"  failed      {name} (before training): {error}")
     for r in status.corrupt:
         lines.append(f"  corrupt     {r.rel}: {r.corrupt}")
-    for r in status.done:  # finished, but its projection head collapsed (issue #13: results.projection_collapsed)
+    for r in status.done:  # finished, but its projection head collapsed (evaluate.projection_collapsed)
         projection = (r.final or {}).get("projection") or {}
         if projection.get("collapsed"):
             spent = (f", above 0.99 in {projection['collapsed_epochs']} of {plural(projection['epochs'], 'epoch')}"

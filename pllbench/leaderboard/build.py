@@ -1,7 +1,7 @@
-"""Markdown and CSV leaderboards from run folders (protocols.md §5): one board per preset (and dataset set).
+"""Markdown and CSV leaderboards from run folders (docs/spec/protocols.md §5): one board per preset (and dataset set).
 
-Built on `results.load_runs` (one DataFrame row per run folder): leaderboard_data.py groups the runs into boards and
-cells with pandas, leaderboard_tables.py renders the sections with tabulate, leaderboard_compare.py adds the paired
+Built on `results.load_runs` (one DataFrame row per run folder): cells.py groups the runs into boards and
+cells with pandas, tables.py renders the sections with tabulate, compare.py adds the paired
 comparisons (stats.py).
 
 Rows are methods (final.json's `label`, so `cad[identity]` never poses as the paper's CAD; runs whose config departs
@@ -10,14 +10,14 @@ std of the final test accuracy over seeds (the latest finished run per seed), wi
 says why (failed: <error>, running, interrupted, not run), and a run whose projection collapsed is flagged. Then:
 the average rank over datasets, the gap to the oracle, the stability (std of the last epochs), the cost
 (device-hours = Σ final.json seconds / 3600, peak memory when recorded), and the paper's numbers as rows tagged
-`paper` (pllbench/resources/paper_numbers.csv, copied from paper-numbers.md §6), which are never ranked or bolded.
-References (the oracle, the candidate teacher) are printed outside the ranking. Classes a row no longer predicts
-(recall < 10 %) are listed, and a row below 50 % names them in its cell (leaderboard_classes.py); rows whose
-predictions are identical on every seed (one computation under two names) are listed (leaderboard_twins.py). Further
+`paper` (pllbench/resources/paper_numbers.csv, copied from docs/spec/paper-numbers.md §6), which are never ranked or
+bolded. References (the oracle, the candidate teacher) are printed outside the ranking. Classes a row no longer predicts
+(recall < 10 %) are listed, and a row below 50 % names them in its cell (classes.py); rows whose
+predictions are identical on every seed (one computation under two names) are listed (twins.py). Further
 tables:
 the entangled-subset accuracy per top-p% (entangle.json, written by `pllbench entangle`), the center distance, and
 paired comparisons "vs reference method". The header records the provenance (commits, versions, hardware,
-candidate hashes, time). Beside the markdown, a PNG of the learning curves (leaderboard_curves.py).
+candidate hashes, time). Beside the markdown, a PNG of the learning curves (curves.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The leaderboard's data: boards of `results.load_runs` rows, the run that speaks for each seed, and the per-cell
-statistics (pandas groupby / agg) that leaderboard_tables.py renders."""
+statistics (pandas groupby / agg) that tables.py renders."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def _identity(run: RunFolder) -> dict:
     cands = config.get("candidates") or {}
     settings = "epochs {epochs}, backbone {backbone}, batch {batch_size}, lr {lr}, rate {rate}".format(
         **{k: preset.get(k, "?") for k in ("epochs", "backbone", "batch_size", "lr", "rate")})
-    corrupt = getattr(run, "corrupt", None)  # a finished run whose files fail their manifest (runs.py)
+    corrupt = getattr(run, "corrupt", None)  # a finished run whose files fail their manifest (train/runs.py)
     failed = (run.failed or {}).get("error", "?") if run.failed is not None else None
     return {"run": run.rel, "path": str(run.path), "state": STATE_NAMES.get(run.state, run.state),
             "error": corrupt or failed,

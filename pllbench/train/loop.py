@@ -52,8 +52,8 @@ def resolve_run_config(prep: Prepared, method: str, seed: int, hp_cli: dict, epo
                        val_fraction: float = 0.0, compile: bool = False, bf16: bool = False) -> dict:
     """The fully resolved config of one run on prepared data (RunConfig.resolve + its artifacts), as config.json
     holds it. `hp_cli`: the --hp overrides (optimisation settings included); `bf16`: autocast the steps to
-    bfloat16, on CUDA or the CPU (protocols.md §4: an option, off by default); `compile`: torch.compile the method's
-    backbones (speed only)."""
+    bfloat16, on CUDA or the CPU (docs/spec/protocols.md §4: an option, off by default); `compile`: torch.compile the
+    method's backbones (speed only)."""
     run = RunConfig.resolve(method, prep.dataset_key, prep.preset, seed, overrides=hp_cli, epochs=epochs,
                             val_fraction=val_fraction, candidate_seed=int(prep.candidates.report["seed"]),
                             bf16=bf16, compile=compile)

@@ -13,9 +13,9 @@ it trains into), the grid (a job's run, `status` matching folders to jobs), the 
   says it) and the environment are left out. So a run folder is named by the run id of its own config.json, and the
   ids of runs made before this module are unchanged. The preset a run records holds only the entries of the
   preset's method table that apply to its method (`with_own_method_table`), so changing one method's preset override
-  moves no other method's id. A run recorded with the whole table (before 2026-12-02) keeps the id its folder has;
+  moves no other method's id. A run recorded with the whole table (the older format) keeps the id its folder has;
   its signature is that of the narrowed run, and a grid finds and resumes (or skips) such a folder instead of
-  training the same run again under the new id (grid.recorded_earlier).
+  training the same run again under the new id (grid.jobs.recorded_earlier).
 - `signature`: every field that makes two runs the same run, without artifact hashes (known before the candidates
   are built): what `status` matches job against folder.
 - `label`: the leaderboard name of the run: the method's label plus every departure from its preset (hyperparameters,
@@ -175,9 +175,9 @@ class RunConfig:
 
     def with_own_method_table(self) -> RunConfig:
         """This run with only the entries of its preset's method table that apply to it ('*', its family's, its
-        own): how a run is recorded since 2026-12-02, so that another method's preset override is not part of its
-        id. A run recorded before, with the whole table, is the same run under another id (grid.recorded_earlier);
-        a method no longer registered keeps its table as recorded."""
+        own): how a run is recorded, so that another method's preset override is not part of its id. A run
+        recorded in the older format, with the whole table, is the same run under another id
+        (grid.jobs.recorded_earlier); a method no longer registered keeps its table as recorded."""
         table = self.preset.get("method_hparams")
         if not isinstance(table, dict):
             return self
@@ -290,7 +290,7 @@ class RunConfig:
     @property
     def signature(self) -> str:
         """Same signature ⇔ the same run, whatever artifacts it was (or will be) given, and whether it was recorded
-        with its preset's whole method table (before 2026-12-02) or only its own entries."""
+        with its preset's whole method table (the older format) or only its own entries."""
         data = self.with_own_method_table().to_json()
         ident = {k: data[k] for k in _RUN_ID_FIELDS}
         ident["hparams"] = _id_hparams(self.method, ident["hparams"])

@@ -1,4 +1,5 @@
-"""View families as data (protocols.md §3): how the views of a dataset are drawn, named by `DatasetInfo.view_family`.
+"""View families as data (docs/spec/protocols.md §3): how the views of a dataset are drawn, named by
+`DatasetInfo.view_family`.
 
 `pllbench/views/maker.py` (`ViewMaker`) and the candidate teacher (`pllbench/data/teacher.py`) read these fields;
 neither knows a family by name. A dataset whose images need another recipe registers a `ViewFamily` in its own file.
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from ..errors import PllbenchError
 
-# The candidate teacher's train augmentations (candidates.md §3), the `augment` of a teacher recipe.
+# The candidate teacher's train augmentations (docs/spec/candidates.md §3), the `augment` of a teacher recipe.
 TEACHER_AUGMENTS = ("none", "flip-crop", "rrc-flip-jitter")
 
 

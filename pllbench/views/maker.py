@@ -1,4 +1,4 @@
-"""Augmentation views (protocols.md §3), batched on the data's device with per-sample random parameters.
+"""Augmentation views (docs/spec/protocols.md §3), batched on the data's device with per-sample random parameters.
 
 Every op draws its parameters per image from the caller's generator, so one call on a batch behaves like the
 per-image torchvision op applied image by image, with no Python loop over images and no host sync.
