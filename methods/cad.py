@@ -88,7 +88,7 @@ class CAD(EMATeacherMethod):
         "ema": EMATeacherMethod.hp_specs["ema"].with_tune(choice(0.5, 0.9, 0.99)),  # as DIRK's
     }
     # the CPU presets train with the identity editor (a control, labelled cad[identity]; see `pllbench augment`);
-    # quick's teacher starts as the student, or the head can stay collapsed for most of 15 epochs (calibration.md)
+    # quick's teacher starts as the student, or the head can stay collapsed for most of 15 epochs (docs/calibration.md)
     preset_hparams = {"quick": {"editor": "identity", "teacher_init": "student"}, "smoke": {"editor": "identity"}}
 
     def __init__(self, ctx, hp):
