@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import PllbenchError, exception_text, os_error_message
 from ..hparams import UNSCOPED, canonical_overrides
+from ..train.legacy import recorded_earlier
 from ..train.runconfig import OPTIM_KEYS, RunConfig, check_optim
 from ..train.runs import (
     FINAL,
@@ -191,24 +192,6 @@ def run_signature(config: dict) -> str | None:
         return RunConfig.from_json(config).signature
     except PllbenchError:
         return None
-
-
-def recorded_earlier(runs: Path, run: RunConfig) -> RunConfig | None:
-    """The same run as an older pllbench recorded it, when its folder has another id: the older format
-    recorded the preset's whole method table (RunConfig.with_own_method_table). That folder's own config then
-    stands, so the job resumes or skips it there rather than training the same run again under the new id."""
-    folder = inside_root(runs, run.run_id)
-    if folder.exists():
-        return None
-    for path in sorted(folder.parent.glob(f"{run.method}-s{run.seed}-*/config.json")):
-        try:
-            old = RunConfig.from_json(read_json(path) or {})
-        except PllbenchError:
-            continue
-        named_by_it = old.run_id == f"{folder.parent.name}/{path.parent.name}"
-        if named_by_it and old.with_own_method_table().run_id == run.run_id:
-            return dataclasses.replace(old, compile=run.compile)
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ executing jobs

@@ -15,7 +15,7 @@ it trains into), the grid (a job's run, `status` matching folders to jobs), the 
   preset's method table that apply to its method (`with_own_method_table`), so changing one method's preset override
   moves no other method's id. A run recorded with the whole table (the older format) keeps the id its folder has;
   its signature is that of the narrowed run, and a grid finds and resumes (or skips) such a folder instead of
-  training the same run again under the new id (grid.jobs.recorded_earlier).
+  training the same run again under the new id (train.legacy.recorded_earlier).
 - `signature`: every field that makes two runs the same run, without artifact hashes (known before the candidates
   are built): what `status` matches job against folder.
 - `label`: the leaderboard name of the run: the method's label plus every departure from its preset (hyperparameters,
@@ -39,6 +39,7 @@ from ..method import get_method
 from ..presets import method_overrides, own_method_table, resolve_preset
 from ..tune_space import OPTIM_SPACE
 from ..util import key_hash
+from .legacy import with_missing_fields
 
 # The preset's optimisation settings an unscoped `--hp KEY=VALUE` overrides for every method of the run: (type,
 # check, range, meaning). They land in the run's config["preset"], so they are part of its run id. `epochs` is
@@ -177,7 +178,7 @@ class RunConfig:
         """This run with only the entries of its preset's method table that apply to it ('*', its family's, its
         own): how a run is recorded, so that another method's preset override is not part of its id. A run
         recorded in the older format, with the whole table, is the same run under another id
-        (grid.jobs.recorded_earlier); a method no longer registered keeps its table as recorded."""
+        (train.legacy.recorded_earlier); a method no longer registered keeps its table as recorded."""
         table = self.preset.get("method_hparams")
         if not isinstance(table, dict):
             return self
@@ -222,9 +223,8 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, config: dict) -> RunConfig:
-        """A run from its config.json (or `to_json()`); fields added after the first version get their defaults: no
-        candidate seed recorded means the run seed (the default then), no views means the method's for its
-        hyperparameters."""
+        """A run from its config.json (or `to_json()`); a config of an older version is read by
+        legacy.with_missing_fields."""
         try:
             method, seed = str(config["method"]), int(config["seed"])
             dataset, preset = dataset_key(config["dataset"]), dict(config["preset"])
@@ -232,16 +232,12 @@ class RunConfig:
                 raise KeyError("preset")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PllbenchError(f"not a run config (missing or bad {exc})") from None
+        config = with_missing_fields(config)
         hparams = dict(config.get("hparams") or {})
-        candidates = dict(config.get("candidates") or {})
-        candidate_seed = int(candidates.pop("seed", seed))
+        candidates = dict(config["candidates"])
+        candidate_seed = int(candidates.pop("seed"))
         source = str(candidates.pop("source", CANDIDATE_SOURCE_DEFAULT))
-        views = config.get("views")
-        if views is None:
-            try:
-                views = get_method(method).views_for(hparams)
-            except (PllbenchError, KeyError):
-                views = ()
+        views = config["views"]
         return cls(method=method, dataset=dataset, preset=preset, seed=seed, candidate_seed=candidate_seed,
                    hparams=hparams, views=tuple(views), val_fraction=float(config.get("val_fraction") or 0.0),
                    bf16=bool(config.get("bf16")), compile=bool(config.get("compile")), candidate_source=source,
