@@ -1,6 +1,6 @@
 """POP (methods/pop.py): its kernels on hand-computed values, the purification schedule against a transcription of
 the official loop, its step on a tiny context, purification in a smoke run, and a bit-identical resume (the helper
-is also used by tests/test_idgp.py)."""
+is also used by tests/test_method_idgp.py)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from conftest import smoke_run
-from test_pop import assert_resume_is_bit_identical, curves, tiny_batch, tiny_context
+from test_method_pop import assert_resume_is_bit_identical, curves, tiny_batch, tiny_context
 
 from pllbench.losses import renormalize, soft_cross_entropy
 from pllbench.methods.idgp import (

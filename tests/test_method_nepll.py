@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from conftest import smoke_run
-from test_pico_plus import resumes_bit_identically, tiny_batch, tiny_context
+from test_method_pico_plus import resumes_bit_identically, tiny_batch, tiny_context
 
 from pllbench.methods.nepll import (
     NEPLL,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_crdpll import assert_resume_is_bit_identical, tiny_batch, tiny_context
+from test_method_crdpll import assert_resume_is_bit_identical, tiny_batch, tiny_context
 
 from pllbench.losses import soft_cross_entropy
 from pllbench.methods.papi import PaPi, bank_targets, epoch_schedule, mixup_kl, prototype_log_probs

@@ -1,5 +1,5 @@
 """CRDPLL (methods/crdpll.py): its kernels on hand-computed values, its step on a tiny context, the ramp of the
-consistency weight in a smoke run, and a bit-identical resume (also used by tests/test_papi.py)."""
+consistency weight in a smoke run, and a bit-identical resume (also used by tests/test_method_papi.py)."""
 
 from __future__ import annotations
 
