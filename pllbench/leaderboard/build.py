@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..util import atomic_write_text
-from . import tables as tables
+from . import tables
 from .cells import Board, build_boards, cell_stats, paper_numbers, seed_notes
 from .classes import below_note, board_lost, class_names, lost_table
 from .compare import DEFAULT_COMPARISONS, comparison_table, read_final_predictions
