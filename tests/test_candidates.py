@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_run
 
 from pllbench.data.candidates import build_report, inclusion_probs, sample_candidates
 
@@ -162,3 +164,17 @@ def test_uniform_candidates_are_their_own_artifact_run_and_board_column(smoke_ca
     assert dataset_column(oracle.to_json()) == "synthetic"
     with pytest.raises(PllbenchError, match="are not the run's"):
         proden.with_artifacts(ident)  # a uniform run never trains on ID candidates
+
+
+def test_oracle_source_gives_the_true_labels_as_singletons(smoke_cache, tmp_path):
+    final, run_dir, prep = smoke_run("oracle", smoke_cache, tmp_path / "runs")
+    matrix = prep.candidates.matrix
+    assert (matrix.sum(axis=1) == 1).all()
+    assert np.array_equal(matrix.argmax(axis=1), prep.data.train.labels.numpy())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["candidates"]["source"] == "oracle" and config["candidates"]["mean_size"] == 1.0
+    assert final["reference"] is True and final["label"] == "oracle"
+    assert 0.0 <= final["teacher_test_acc"] <= 1.0
+    _, id_dir, id_prep = smoke_run("proden", smoke_cache, tmp_path / "runs")
+    assert id_prep.candidates.hash != prep.candidates.hash  # a separate artifact, never the ID candidates
+    assert "source" not in json.loads((id_dir / "config.json").read_text())["candidates"]

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_command
+import torch
+from conftest import cli_command, smoke_run
 
 from pllbench.cli import main
 from pllbench.grid.file import load_grid_file
@@ -96,8 +97,6 @@ def test_job_ids_hash_only_what_reaches_the_method():
 
 
 def test_visible_gpus(monkeypatch):
-    import torch
-
     assert visible_gpus("cpu") == [] and visible_gpus("cuda:1") == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -294,3 +293,16 @@ def test_slurm_launcher_requeues_and_resumes_through_submitit(tmp_path):
         pytest.skip("the run finished before it could be interrupted")
     events = starts(next(runs.glob("*/dirk-ref-*")))
     assert len(events) == 2 and events[1]["from_epoch"] >= 1  # requeued, then resumed from its checkpoint
+
+
+def test_status_flags_a_collapsed_projection(smoke_cache, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    final, run_dir, _ = smoke_run("cad", smoke_cache, runs)
+    assert final["projection"]["collapsed"]  # two smoke epochs leave the head as initialised (cosine ≈ 1)
+    capsys.readouterr()
+    assert main(["status", "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    flagged = [line for line in out.splitlines() if line.strip().startswith("collapsed")]
+    assert len(flagged) == int(final["projection"]["collapsed"])
+    if flagged:
+        assert run_dir.name in flagged[0] and "mean cosine" in flagged[0]

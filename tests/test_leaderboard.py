@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import smoke_run
 
 from pllbench.cli import main
 from pllbench.errors import PllbenchError
@@ -456,3 +457,18 @@ def test_wall_time_leaves_out_the_pause_of_a_grid_resumed_later():
     assert busy_intervals([], curves) == []
     # two workers: overlapping runs count once, the pause not at all
     assert union_seconds([(0.0, 200.0), (100.0, 300.0), (86_400.0, 86_700.0)]) == 600.0
+
+
+def test_leaderboard_compare_option(smoke_cache, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["leaderboard", "--runs", str(runs), "--compare", "cad-cam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: malformed comparison 'cad-cam'")
+    for seed in (0, 1):
+        smoke_run("proden", smoke_cache, runs, seed=seed)
+        smoke_run("cc", smoke_cache, runs, seed=seed)
+    out = tmp_path / "boards"
+    assert main(["leaderboard", "--runs", str(runs), "--out", str(out), "--compare", "proden:cc",
+                 "--cache-dir", str(smoke_cache)]) == 0
+    board = next(out.glob("*.md")).read_text()
+    assert "| proden vs cc |" in board

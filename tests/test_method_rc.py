@@ -4,10 +4,12 @@ the stateful checks build the method on a tiny synthetic context and drive its h
 from __future__ import annotations
 
 import torch
+from conftest import smoke_run
 from kernel_helpers import make_batch, tiny_context
 
 from pllbench.losses import renormalize
 from pllbench.methods.rc import RC
+from pllbench.train.runs import read_curves
 
 
 def test_rc_bank_takes_the_post_step_outputs():
@@ -35,3 +37,11 @@ def test_rc_bank_takes_the_post_step_outputs():
     assert not torch.allclose(method.bank[rows], pre_step, atol=1e-4)  # not PRODEN's pre-step rows
     assert torch.equal(method.bank[4:], before[4:])
     assert torch.allclose(method.bank[rows].sum(dim=1), torch.ones(4))
+
+
+def test_rc_has_its_own_target_update(smoke_cache, tmp_path):
+    _, rc_dir, _ = smoke_run("rc", smoke_cache, tmp_path / "runs", epochs=3)
+    _, proden_dir, _ = smoke_run("proden", smoke_cache, tmp_path / "runs", epochs=3)
+    rc, proden = torch.load(rc_dir / "model.pt"), torch.load(proden_dir / "model.pt")
+    assert not torch.equal(rc["bank"], proden["bank"])
+    assert [r["loss/loss"] for r in read_curves(rc_dir)][1:] != [r["loss/loss"] for r in read_curves(proden_dir)][1:]
