@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from cli_helpers import DATA, finished_world
 from conftest import smoke_run
 
 from pllbench.cli import main
@@ -297,3 +298,19 @@ def test_timm_weights_map_by_position(tmp_path):
     torch.save(dict(list(renamed.items())[:-1]), tmp_path / "short.pt")
     with pytest.raises(PllbenchError, match="matched by position"):
         timm_extractor(f"test_efficientnet@{tmp_path / 'short.pt'}", torch.device("cpu"))
+
+
+def test_entangle_on_unreadable_predictions_fails_and_removes_the_stale_analysis(capsys, smoke_cache, tmp_path):
+    runs, run_dir, _ = finished_world(smoke_cache, tmp_path)
+    entangle = ["entangle", "--dataset", DATA, "--preset", "smoke", "--top", "10", "--tsne-points", "0", "--device",
+                "cpu", "--cache-dir", str(smoke_cache), "--runs", str(runs)]
+    assert main(entangle) == 0
+    assert (run_dir / "entangle.json").is_file()
+    parquet = run_dir / "predictions.parquet"
+    parquet.write_bytes(parquet.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(entangle) == 2
+    err = capsys.readouterr().err
+    assert "predictions.parquet" in err and "its old entangle.json was removed" in err
+    assert err.strip().splitlines()[-1].startswith("error: 1 finished run could not be scored")
+    assert not (run_dir / "entangle.json").exists()

@@ -8,10 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from cli_helpers import smoke
 from conftest import smoke_run
 
 from pllbench.artifacts import ArtifactStore
 from pllbench.cad_edits.edits import build_edits, edits_key
+from pllbench.cli import main
 from pllbench.cli import main as cli_main
 from pllbench.data.prepare import prepare
 from pllbench.errors import PllbenchError
@@ -201,3 +203,20 @@ def test_teacher_starts_separate_or_as_the_student(name, smoke_cache):
         assert teacher.keys() == student.keys()
         assert all(torch.equal(teacher[k], student[k]) for k in teacher) == same
         assert not any(p.requires_grad for p in method.teacher.parameters())
+
+
+def test_identity_editor_is_announced_once_and_missing_edits_name_the_command(capsys, smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(smoke(smoke_cache, runs, "--methods", "cad,dirk", "--epochs", "1")) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "identity editor" in line]
+    assert len(notes) == 1, err
+    assert notes[0].startswith("CAD uses the identity editor (a control: no InstructPix2Pix edits)")
+    assert "`pllbench augment --dataset" in notes[0] and "cad[identity]" in notes[0]
+    # the paper's editor without its edits: one line, naming the command that makes them
+    code = main(smoke(smoke_cache, runs, "--methods", "cad", "--epochs", "1", "--hp", "editor=ip2p"))
+    captured = capsys.readouterr()
+    assert code == 2
+    mentions = [line for line in (captured.out + captured.err).splitlines() if "the 'ip2p' edits" in line]
+    assert len(mentions) == 1 and mentions[0].startswith("error: ") and "`pllbench augment --dataset" in mentions[0]
+    assert "identity editor" not in captured.err

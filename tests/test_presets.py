@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from cli_helpers import error_line
 from conftest import smoke_run
 
 from pllbench import presets
@@ -41,3 +42,20 @@ def test_demo_preset_is_quick_with_ten_epochs():
     assert demo["epochs"] == 10 and quick["epochs"] == 15
     assert {k: v for k, v in demo.items() if k not in ("epochs", "name")} == \
         {k: v for k, v in quick.items() if k not in ("epochs", "name")}
+
+
+def test_run_without_preset_uses_paper_and_a_preset_refuses_foreign_datasets(capsys, tmp_path):
+    """No --preset: the paper preset, which has no entry for synthetic data (old: quick ran it silently)."""
+    error_line(capsys, ["run", "--methods", "dirk", "--dataset", "synthetic", "--runs", str(tmp_path / "r")],
+               "preset 'paper' is not made for dataset 'synthetic'", "--preset smoke")
+    assert not (tmp_path / "r").exists()
+    # quick is the Fashion-MNIST CPU preset: cifar10 under it is one line naming the preset that fits
+    error_line(capsys, ["run", "--methods", "dirk", "--dataset", "cifar10", "--preset", "quick", "--data-root",
+                        str(tmp_path)], "preset 'quick' is not made for dataset 'cifar10'", "--preset paper")
+    error_line(capsys, ["candidates", "--dataset", "synthetic"], "preset 'paper' is not made for dataset")
+    from pllbench.grid.jobs import GridSpec
+    from pllbench.presets import preset_datasets, resolve_preset
+
+    assert GridSpec(["dirk"], ["fmnist"], [0]).preset == "paper"
+    assert preset_datasets("quick") == ["fmnist"] and "datasets" not in resolve_preset("quick", "fmnist")
+    assert preset_datasets("paper") == ["fmnist", "cifar10", "cifar100", "flowers", "pets"]

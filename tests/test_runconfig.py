@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from cli_helpers import DATA, error_line, run_dirs, smoke
 from conftest import smoke_run
 
 from pllbench.artifacts import ArtifactStore
@@ -376,3 +377,28 @@ def test_overrides_have_one_form(tmp_path):
     assert spec.id == key_hash({"methods": ["dirk", "proden"], "datasets": ["synthetic"], "seeds": [0],
                                 "preset": "smoke", "epochs": None, "hp": form, "val_fraction": 0.0,
                                 "candidate_seed": None}, 10)
+
+
+def test_optimisation_settings_are_settable_and_part_of_the_run_id(capsys, smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(smoke(smoke_cache, runs, "--methods", "cc", "--epochs", "1", "--no-progress")) == 0
+    assert main(smoke(smoke_cache, runs, "--methods", "cc", "--no-progress", "--hp", "lr=0.01", "--hp",
+                      "batch_size=8", "--hp", "weight_decay=0", "--hp", "epochs=1")) == 0
+    folders = run_dirs(runs, "cc")
+    assert len(folders) == 2, folders
+    configs = {d: json.loads((d / "config.json").read_text()) for d in folders}
+    changed = next(d for d, c in configs.items() if c["preset"]["lr"] == 0.01)
+    default = next(d for d in folders if d != changed)
+    assert configs[changed]["preset"]["batch_size"] == 8 and configs[changed]["preset"]["weight_decay"] == 0.0
+    assert configs[changed]["preset"]["epochs"] == 1 and configs[default]["preset"]["lr"] == 0.05
+    assert "1 epoch of 8 steps (batch 8)" in capsys.readouterr().err  # the header: 64 rows in batches of 8
+    # status finds the run with the overrides (its signature includes them)
+    assert main(["status", "--runs", str(runs), "--methods", "cc", "--dataset", DATA, "--preset", "smoke",
+                 "--hp", "lr=0.01", "--hp", "batch_size=8", "--hp", "weight_decay=0", "--epochs", "1"]) == 0
+    assert "done 1 ·" in capsys.readouterr().out
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--hp", "cc.lr=0.1"),
+               "--hp cc.lr", "pass --hp lr=0.1 without a method")
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--hp", "lr=-1"), "--hp lr=-1", "> 0")
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--hp", "batch_size=2.5"), "an integer >= 1")
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--epochs", "2", "--hp", "epochs=3"),
+               "disagree")
