@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pllbench.data import DatasetInfo, Split, data_root, get_dataset, stratified_subset
+from pllbench.data.registry import DatasetInfo, Split, data_root, get_dataset, stratified_subset
 from pllbench.method import Method, MethodContext, get_method, resolve_hparams
 from pllbench.presets import method_overrides, resolve_preset
-from pllbench.views import ViewMaker
+from pllbench.views.maker import ViewMaker
 
 
 class PlainCE(Method):
@@ -72,11 +72,11 @@ def random_candidates(labels: torch.Tensor, num_classes: int, mean_size: float, 
 
 def load_bench_data(dataset: str, preset: str, *, like: str | None = None, mean_size: float | None = None,
                     batch_size: int | None = None, cache=None, device=None) -> BenchData:
-    """The preset's data and candidates: the cached teacher's (pllbench.prepare) unless `mean_size` is given, then
+    """The preset's data and candidates: the cached teacher's (pllbench.data.prepare) unless `mean_size` is given, then
     random sets of that mean size without any teacher. `like` resolves the preset as for another dataset (e.g. the
     paper preset's CIFAR-10 backbone and batch for CIFAR-shaped synthetic data)."""
     if mean_size is None:
-        from pllbench.prepare import prepare
+        from pllbench.data.prepare import prepare
 
         prep = prepare(dataset, preset, 0, cache=cache, device=device, echo=lambda *_: None)
         cfg, train, info = dict(prep.preset), prep.data.train, prep.data.info

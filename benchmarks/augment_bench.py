@@ -1,4 +1,5 @@
-"""Edits per second of the `tiny-ip2p` editor (pllbench/augment.py) on CPU, and on CUDA in fp16 when available.
+"""Edits per second of the `tiny-ip2p` editor (pllbench/cad_edits/augment.py) on
+CPU, and on CUDA in fp16 when available.
 
 What is timed is one `Ip2pEditor` call per batch, as `pllbench augment` makes it: uint8 base images → RGB [0,1] →
 resize to the working resolution → the InstructPix2Pix pipeline (DPM-Solver, 10 steps, three guidance branches) →
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from pllbench.augment import Ip2pEditor, ready_pipeline, tiny_pipeline
+from pllbench.cad_edits.augment import Ip2pEditor, ready_pipeline, tiny_pipeline
 
 
 def edits_per_second(device: torch.device, dtype: torch.dtype, resolution: int, batch_size: int, batches: int,

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from pllbench.artifacts import ArtifactStore
-from pllbench.data import DatasetInfo, get_dataset, stratified_subset
-from pllbench.edits import IdentityEdits, build_edits, edits_key
+from pllbench.cad_edits.edits import IdentityEdits, build_edits, edits_key
+from pllbench.data.registry import DatasetInfo, get_dataset, stratified_subset
 from pllbench.losses import renormalize, soft_cross_entropy
 from pllbench.method import Batch, Method, MethodContext, get_method
 from pllbench.nets import SmallCNN
-from pllbench.views import ViewMaker
+from pllbench.views.maker import ViewMaker
 
 
 class PlainCE(Method):

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from pllbench import presets
-from pllbench.data import dataset_class
+from pllbench.data.prepare import default_device, prepare
+from pllbench.data.registry import dataset_class
 from pllbench.method import get_method, parse_hp_overrides
-from pllbench.prepare import default_device, prepare
-from pllbench.runs import read_curves
-from pllbench.trainer import resolve_run_config, run_id, train_run
+from pllbench.train.loop import resolve_run_config, train_run
+from pllbench.train.runconfig import run_id
+from pllbench.train.runs import read_curves
 from pllbench.util import cache_root
 
 # The quick preset before this study (2026-11-26); every setting below is this with some fields replaced.

@@ -17,8 +17,8 @@ import torch
 from _common import load_bench_data
 from throughput import Ours, machine, timed_run, timed_step
 
-from pllbench.machine import native_bf16_flags
 from pllbench.method import method_names
+from pllbench.train.machine import native_bf16_flags
 from pllbench.util import cache_root
 
 VARIANTS = {"fp32": {}, "bf16": {"bf16": True}, "compile": {"compile": True},

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pllbench.entangle import cross_class_pair_count, k_for_p, l2_normalize, parse_top, top_cross_class_pairs
-from pllbench.machine import reset_peak_memory, status_kib
+from pllbench.entangle.pairs import cross_class_pair_count, k_for_p, l2_normalize, parse_top, top_cross_class_pairs
+from pllbench.train.machine import reset_peak_memory, status_kib
 
 
 def measured(fn):

@@ -14,10 +14,10 @@ import argparse
 import statistics
 from pathlib import Path
 
-from pllbench.cost import default_runs, packed_wall, run_seconds
-from pllbench.leaderboard_tables import duration
+from pllbench.leaderboard.results import load_runs
 from pllbench.method import method_names
-from pllbench.results import load_runs
+from pllbench.tune.cost import default_runs, packed_wall, run_seconds
+from pllbench.wording import duration
 
 
 def main() -> None:

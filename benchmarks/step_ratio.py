@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from _common import PassCounter, PlainCE
 
+from pllbench.data.prepare import prepare
 from pllbench.method import Method, MethodContext, get_method, parse_hp_overrides
-from pllbench.prepare import prepare
-from pllbench.trainer import make_batch, resolve_run_config, train_step
+from pllbench.train.loop import make_batch, resolve_run_config, train_step
 from pllbench.util import cache_root
-from pllbench.views import run_view_maker
+from pllbench.views.maker import run_view_maker
 
 
 def measure(method: Method, prep, maker, device, steps: int, warmup: int = 3):

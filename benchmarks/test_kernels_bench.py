@@ -18,13 +18,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pllbench import autoaugment, views
-from pllbench.candidates import inclusion_probs, sample_candidates
-from pllbench.data import DatasetInfo
-from pllbench.entangle import top_cross_class_pairs
+from pllbench.data.candidates import inclusion_probs, sample_candidates
+from pllbench.data.registry import DatasetInfo
+from pllbench.entangle.pairs import top_cross_class_pairs
 from pllbench.losses import moco_loss, remove_self, soft_cross_entropy, weighted_contrastive_loss
 from pllbench.methods.cad import posneg_weights, weighted_penalty_loss
 from pllbench.methods.dirk import rectify
+from pllbench.views import autoaugment
+from pllbench.views import maker as views
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 B, K, Q, D = 64, 10, 4096, 128

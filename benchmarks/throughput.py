@@ -1,8 +1,8 @@
 """Training throughput of pllbench's pipeline against a reference pipeline built like the official code, and each
 method's step cost against a plain cross-entropy step beside its image-pass ratio; measured side by side in one run.
 
-Ours: uint8 images on the device, batched views with per-sample draws (pllbench.views), the trainer's make_batch and
-train_step, networks and views channels_last (as the trainer); `--bf16` adds bfloat16 autocast, `--compile`
+Ours: uint8 images on the device, batched views with per-sample draws (pllbench.views.maker), the trainer's make_batch
+and train_step, networks and views channels_last (as the trainer); `--bf16` adds bfloat16 autocast, `--compile`
 torch.compiles the backbones.
 Reference (as the official code): a torch DataLoader over a Dataset that builds a PIL image per item and applies the
 per-image torchvision transforms of each view (protocols.md §3; RandAugment with its magnitude drawn per image),
@@ -34,11 +34,11 @@ import torch
 from _common import PassCounter, PlainCE, bench_epoch, context, load_bench_data, method_hparams
 from PIL import Image
 
-from pllbench.machine import cpu_name
 from pllbench.method import Batch, get_method, method_names
-from pllbench.trainer import compile_backbones, make_batch, train_step
+from pllbench.train.loop import compile_backbones, make_batch, train_step
+from pllbench.train.machine import cpu_name
 from pllbench.util import cache_root
-from pllbench.views import ViewMaker, run_view_maker
+from pllbench.views.maker import ViewMaker, run_view_maker
 
 # ------------------------------------------------------------------------------------------ the reference pipeline
 

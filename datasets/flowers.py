@@ -1,7 +1,7 @@
 """Oxford Flowers-102 in torchvision's layout: `flowers-102/{jpg/, imagelabels.mat, setid.mat}`.
 
 Runs train on the `train` split (10 per class) and test on `test`, as the CAD code; the candidate teacher
-alone also trains on `val` (candidates.md §3).
+alone also trains on `val` (docs/spec/candidates.md §3).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Flowers102(Dataset):
         return DatasetInfo("flowers", 102, 3, 224, *IMAGENET, "224", list(torchvision.datasets.Flowers102.classes))
 
     def teacher_split(self, root: Path | None, train: Split) -> Split:
-        """train + val (2040 images): the teacher alone trains on val (candidates.md §3)."""
+        """train + val (2040 images): the teacher alone trains on val (docs/spec/candidates.md §3)."""
         (val,) = self.load(root, False, splits=("val",))
         return Split(torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]))
 

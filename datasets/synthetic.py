@@ -1,4 +1,5 @@
-"""Seeded class-structured images for tests (protocols.md §7) that a cnn-xs learns in the smoke preset's 2 epochs.
+"""Seeded class-structured images for tests (docs/spec/protocols.md §7) that a cnn-xs learns in the smoke preset's 2
+epochs.
 
 Each class is a colour tint plus a grating: classes 2i and 2i+1 (a pair) share the grating's period and differ in its
 orientation (horizontal, vertical) and in tint. No view removes both cues: colour jitter and grayscale blur the tint,

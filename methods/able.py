@@ -1,8 +1,8 @@
 """ABLE (Xia et al., IJCAI 2022, "Ambiguity-induced contrastive learning for instance-dependent PLL").
 
-methods.md §4, official code AlphaXia/ABLE. One SupConNet with a PRODEN-style confidence bank s. The weak and strong
-views are forwarded together as one 2B batch (BN statistics over both). The contrastive term treats as positives of
-an anchor every batch sample predicted (argmax of p·Y) as one of the anchor's candidates, weighted by the anchor's
+docs/spec/methods.md §4, official code AlphaXia/ABLE. One SupConNet with a PRODEN-style confidence bank s. The weak and
+strong views are forwarded together as one 2B batch (BN statistics over both). The contrastive term treats as positives
+of an anchor every batch sample predicted (argmax of p·Y) as one of the anchor's candidates, weighted by the anchor's
 bank confidence in that class and divided by that class's count in the batch; the weight rows are not normalised
 [official]. Both losses read the bank as it was; after the step the bank rows idx become nS(p) of the weak view.
 

@@ -1,14 +1,14 @@
 """CAD (CVPR'26): EMA-teacher weighted penalty distillation plus alignment over class-specific edits.
 
-methods.md §1 (official CAD code, a fork of DIRK; see methods/dirk.py). The teacher's confidences, renormalised
-separately over the candidates and the non-candidates (posneg), weight −log p on the candidates and −log(1 − p) on
-the non-candidates. One edit per instance and candidate label feeds a weighted contrastive loss whose positives are
-the edits of the same class (the other edits of the same image are hard negatives), weighted by the similarity of
+docs/spec/methods.md §1 (official CAD code, a fork of DIRK; see methods/dirk.py). The teacher's confidences,
+renormalised separately over the candidates and the non-candidates (posneg), weight −log p on the candidates and −log(1
+− p) on the non-candidates. One edit per instance and candidate label feeds a weighted contrastive loss whose positives
+are the edits of the same class (the other edits of the same image are hard negatives), weighted by the similarity of
 the teacher's logits on the edits; epoch < prot_start uses MoCo instead.
 
 Editors (hyperparameter `editor`): `ip2p` (the paper's, default) or any other stored edit artifact for the run's
-candidates (pllbench/edits.py; `edits` pins one by hash prefix), or `identity` (E_{i,s} = the base image, made on the
-fly; a control, labelled `cad[identity]` by `run_label`). Ablations: `-norl` (λ = 0, no edit forwards at all),
+candidates (pllbench/cad_edits/edits.py; `edits` pins one by hash prefix), or `identity` (E_{i,s} = the base image, made
+on the fly; a control, labelled `cad[identity]` by `run_label`). Ablations: `-norl` (λ = 0, no edit forwards at all),
 `-noca` (no non-candidate term), `-noboth`.
 
 Deviations and choices [ours]:
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pllbench.edits import augment_command, find_edits, open_edits
+from pllbench.cad_edits.edits import augment_command, find_edits, open_edits
 from pllbench.errors import PllbenchError
 from pllbench.losses import (
     contrastive_chance,
@@ -88,7 +88,7 @@ class CAD(EMATeacherMethod):
         "ema": EMATeacherMethod.hp_specs["ema"].with_tune(choice(0.5, 0.9, 0.99)),  # as DIRK's
     }
     # the CPU presets train with the identity editor (a control, labelled cad[identity]; see `pllbench augment`);
-    # quick's teacher starts as the student, or the head can stay collapsed for most of 15 epochs (calibration.md)
+    # quick's teacher starts as the student, or the head can stay collapsed for most of 15 epochs (docs/calibration.md)
     preset_hparams = {"quick": {"editor": "identity", "teacher_init": "student"}, "smoke": {"editor": "identity"}}
 
     def __init__(self, ctx, hp):
@@ -119,7 +119,7 @@ class CAD(EMATeacherMethod):
             return
         command = augment_command(request.dataset, request.preset, request.candidate_seed, hp["editor"])
         try:
-            from pllbench.augment import DEFAULT_MODEL, TINY, augment, resolve_model
+            from pllbench.cad_edits.augment import DEFAULT_MODEL, TINY, augment, resolve_model
         except ImportError:  # the optional `augment` extra (diffusers) is not installed
             raise PllbenchError(f"{cls.name}: no {hp['editor']!r} edits for candidates {request.candidates_hash} and "
                                 f"diffusers is not installed (pip install 'pllbench[augment]'); then `{command}`, "

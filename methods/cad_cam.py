@@ -1,4 +1,4 @@
-"""CAD-CAM: CAD with edits made online from the EMA teacher's class activation maps (methods.md §2).
+"""CAD-CAM: CAD with edits made online from the EMA teacher's class activation maps (docs/spec/methods.md §2).
 
 Each step, before CAD's teacher pass, the teacher (train mode, as left by the last EMA update) forwards the base
 view; for every instance i and candidate s the CAM a_s = ReLU(Σ_c W_T[s,c]·G_c) of its last conv map G is min-max
@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from pllbench.method import HP, ArtifactRequest, Batch, register_method
+from pllbench.methods.cad import CAD, register_ablations
 from pllbench.tune_space import uniform
-
-from .cad import CAD, register_ablations
 
 
 def cam_edits(fmap: torch.Tensor, fc_weight: torch.Tensor, images: torch.Tensor, owner: torch.Tensor,

@@ -1,6 +1,6 @@
 """CAVL (Zhang et al., ICLR 2022, "Exploiting class activation value for partial-label learning").
 
-methods.md §8. PRODEN's loss; each step the bank rows become one-hot at the candidate with the largest class
+docs/spec/methods.md §8. PRODEN's loss; each step the bank rows become one-hot at the candidate with the largest class
 activation value z·|1 − z| on the raw logits.
 Deviations: the argmax is restricted to the candidates [ours, fix: the official code multiplies by Y, so a
 non-candidate (value 0) wins when every candidate's value is negative]; the bank update reuses this step's pre-step

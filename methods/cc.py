@@ -1,8 +1,8 @@
 """CC (Feng et al., NeurIPS 2020, "Provably consistent partial-label learning"): classifier-consistent risk.
 
-methods.md §8. L = −(1/B)·Σ_i log Σ_{j∈S_i} p_ij, computed stably as logsumexp over the candidates minus logsumexp
-over all labels (the official code takes log of a summed softmax, which underflows to −inf when every candidate's
-probability does). No state, no bank.
+docs/spec/methods.md §8. L = −(1/B)·Σ_i log Σ_{j∈S_i} p_ij, computed stably as logsumexp over the candidates minus
+logsumexp over all labels (the official code takes log of a summed softmax, which underflows to −inf when every
+candidate's probability does). No state, no bank.
 """
 
 from __future__ import annotations

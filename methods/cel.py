@@ -1,8 +1,8 @@
 """CEL (Yang et al., KDD 2025, "Mixed blessing: class-wise embedding guided instance-dependent PLL").
 
-methods.md §5, official code Yangfc-ML/CEL. A class-wise decoder on the unpooled backbone map gives each sample one
-embedding per class (frozen random queries cross-attending to the map's positions; group-FC logits). The class-
-associative loss pulls the embeddings of a sample's candidate classes together and pushes them from its
+docs/spec/methods.md §5, official code Yangfc-ML/CEL. A class-wise decoder on the unpooled backbone map gives each
+sample one embedding per class (frozen random queries cross-attending to the map's positions; group-FC logits). The
+class- associative loss pulls the embeddings of a sample's candidate classes together and pushes them from its
 non-candidate ones; after warm-up (wp epochs, default floor(E/2)) the prototype-discriminative loss pulls the
 predicted class's embedding towards a global class prototype and away from the others. Labels are disambiguated
 PRODEN-style from the weak view, and both views' logits fit the bank.

@@ -1,15 +1,15 @@
 """DIRK (Wu et al., AAAI 2024) and DIRK-REF: EMA-teacher distillation of rectified confidences.
 
-methods.md §3, official code wu-dd/DIRK. `dirk` is λ = 0, `dirk-ref` adds the weighted contrastive term (λ = 1).
-Deviations [ours]: the queue's empty candidate rows are zeros (the official random normals make empty slots
+docs/spec/methods.md §3, official code wu-dd/DIRK. `dirk` is λ = 0, `dirk-ref` adds the weighted contrastive term (λ =
+1). Deviations [ours]: the queue's empty candidate rows are zeros (the official random normals make empty slots
 spurious positives until the queue first fills); `dirk` keeps the no-grad strong forward through S (so the
 student's BN statistics see strong views as in the official run) but skips the teacher key forward and the
 queues, which have no effect at λ = 0; `ref_forwards=false` also skips the strong forward. Preset `quick` only: the
 EMA teacher starts as a copy of the student (`teacher_init=student`; official: its own random initialisation), for
 DIRK and DIRK-REF alike (and the CAD family), since with a separately initialised teacher DIRK-REF's projection head
-can stay collapsed for most of quick's 15 epochs (docs/calibration.md, "Collapse"). Plain DIRK has no head; on five
-paired quick seeds the copy moves it by −4.9 to +8.8 points and +1.2 on average (calibration.md), and quick's board
-also runs it with the official `teacher_init=separate`.
+can stay collapsed for most of quick's 15 epochs (docs/calibration.md, "Collapse"). Plain DIRK has no head; what
+the copy changes for it is measured in docs/calibration.md, and quick's board also runs it with the official
+`teacher_init=separate`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """LWS (Wen et al., ICML 2021, "Leveraged weighted loss for partial label learning"), as in PLENCH.
 
-methods.md §8. A sigmoid loss ψ(t) = 1/(1+e^t) weighted per label: candidates are pushed up with weight λ0·w,
+docs/spec/methods.md §8. A sigmoid loss ψ(t) = 1/(1+e^t) weighted per label: candidates are pushed up with weight λ0·w,
 non-candidates down with weight λ1·w. The weights w (initialised 1/K on every label [PLENCH]) are refreshed each
 step to nS(p) + nS̄(p), each denominator being the masked row sum + K·1e-8 (PLENCH adds 1e-8 to each of the K
 masked entries before summing). λ0 = 1, λ1 = 2 [PLENCH default; the LWS paper uses {1, 2}].

@@ -1,7 +1,7 @@
 """PiCO (Wang et al., ICLR 2022, "Contrastive label disambiguation for partial label learning"), single process.
 
-methods.md §6, official code hbzju/PiCO. A query encoder E_q (SupConNet) and a momentum key encoder E_k (a copy of
-E_q at init, m = 0.999, parameters only) feed a MoCo-style SupCon loss whose positives share the classifier's
+docs/spec/methods.md §6, official code hbzju/PiCO. A query encoder E_q (SupConNet) and a momentum key encoder E_k (a
+copy of E_q at init, m = 0.999, parameters only) feed a MoCo-style SupCon loss whose positives share the classifier's
 pseudo-label argmax_{j∈S} p_j. Class prototypes μ (an EMA of the query embeddings, γ = 0.99, rows L2-normalised)
 disambiguate: from epoch prot_start on, each bank row moves towards the one-hot candidate whose prototype is nearest,
 s ← φ·s + (1−φ)·onehot, with φ going 0.95 → 0.8 linearly over the run. Epoch 0 uses plain MoCo.

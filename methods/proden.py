@@ -1,6 +1,6 @@
 """PRODEN (Lv et al., ICML 2020): self-training on a confidence bank renormalised over the candidates.
 
-methods.md §8. Deviation [ours, shared bank step order]: the bank update reuses this step's pre-step outputs
+docs/spec/methods.md §8. Deviation [ours, shared bank step order]: the bank update reuses this step's pre-step outputs
 instead of the official second no-grad forward after the optimiser step (half the cost, no extra BN update).
 """
 

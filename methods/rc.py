@@ -1,12 +1,13 @@
 """RC (Feng et al., NeurIPS 2020, "Provably consistent partial-label learning"): risk-consistent reweighting.
 
-methods.md §8: PRODEN's loss on a confidence bank s (initialised Y/|S|). RC's own target update, as in its official
-code (`confidence_update`, called after `optimizer.step()`): a second, no-grad forward of the same batch through the
-*updated* network (still in train mode, so BatchNorm's running statistics see the batch again), s_idx ← nS(softmax).
+docs/spec/methods.md §8: PRODEN's loss on a confidence bank s (initialised Y/|S|). RC's own target update, as in its
+official code (`confidence_update`, called after `optimizer.step()`): a second, no-grad forward of the same batch
+through the *updated* network (still in train mode, so BatchNorm's running statistics see the batch again),
+s_idx ← nS(softmax).
 
-Deviation from the spec [ours, evidence]: methods.md §8 specified a once-per-epoch commit of the pre-step outputs.
-Each row is visited once per epoch, so that commit reads exactly what a per-step commit would, and `rc` trained
-bit-identically to `proden` (issue #13). The post-step forward is what makes RC RC; it costs one extra forward.
+Deviation from the spec [ours, evidence]: docs/spec/methods.md §8 specified a once-per-epoch commit of the pre-step
+outputs. Each row is visited once per epoch, so that commit reads exactly what a per-step commit would, and `rc` trained
+bit-identically to `proden`. The post-step forward is what makes RC RC; it costs one extra forward.
 """
 
 from __future__ import annotations

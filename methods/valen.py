@@ -1,7 +1,7 @@
 """VALEN (Xu et al., NeurIPS 2021, "Instance-dependent partial label learning"), conference code palm-ml/valen.
 
-methods.md §7. Each instance's label distribution d is latent, d ~ Dir(c(x)). After a PRODEN warm-up of W epochs on
-the classifier `net` (bank o), an encoder `enc` (a copy of net) infers c from the base view, a reparameterised
+docs/spec/methods.md §7. Each instance's label distribution d is latent, d ~ Dir(c(x)). After a PRODEN warm-up of W
+epochs on the classifier `net` (bank o), an encoder `enc` (a copy of net) infers c from the base view, a reparameterised
 Dirichlet sample δ is decoded back into the input, the candidate vector and the instance's row of a kNN graph of
 warm-up features, and δ (mixed with o) gives net its soft targets d_arr. At epoch W, `on_epoch_start` builds the
 graph, copies net into enc, sets d_arr ← o and returns True, so the trainer builds a fresh SGD over net+enc+dec.

@@ -1,4 +1,5 @@
-"""Content-addressed artifacts (candidates.md §4): `<root>/<kind>/<h>`, meta.json with the full key and checksums.
+"""Content-addressed artifacts (docs/spec/candidates.md §4): `<root>/<kind>/<h>`, meta.json with the full key and
+checksums.
 
 `ArtifactStore` is the one view of that layout the rest of the code uses (teachers, candidates, edits, entangled
 subsets): an artifact is asked for by kind and key, never by path; a method reaches the store of its run through

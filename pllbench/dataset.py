@@ -1,13 +1,12 @@
 """The dataset contract (docs/adding-a-dataset.md): the base class a dataset file subclasses, its registration, and the
 helpers a loader uses (missing and corrupt files, downloads, JPEG decoding).
 
-A dataset file imports only this module (and pllbench.errors / util / view_families); pllbench.data finds the
+A dataset file imports only this module (and pllbench.errors / util / view_families); pllbench.data.registry finds the
 registered datasets (the built-ins under datasets/, then the entry-point group `pllbench.datasets`).
 """
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 
 from .errors import PllbenchError, exception_text
-from .view_families import TEACHER_AUGMENTS, view_family
+from .plugins import SAFE_NAME
+from .views.families import TEACHER_AUGMENTS, view_family
 
 
 @dataclass
@@ -45,7 +45,7 @@ class DatasetInfo:
     input_size: int  # model input side
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    view_family: str  # a registered ViewFamily: "28", "32" or "224" (protocols.md §3), or one a dataset adds
+    view_family: str  # a registered ViewFamily: "28", "32" or "224" (docs/spec/protocols.md §3), or one a dataset adds
     classes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -55,7 +55,8 @@ class DatasetInfo:
                                 f"(got {self.channels}, {len(self.mean)}, {len(self.std)})")
 
 
-# The fields of a candidate-teacher recipe (candidates.md §3); seed, SGD-Nesterov, warm-up and mode are common.
+# The fields of a candidate-teacher recipe (docs/spec/candidates.md §3); seed, SGD-Nesterov, warm-up and mode are
+# common.
 TEACHER_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "augment", "label_smoothing")
 
 
@@ -66,7 +67,7 @@ class Dataset(ABC):
     name: ClassVar[str] = ""  # set by @register_dataset
     # The presets made for this dataset: the one record of which preset runs which dataset.
     presets: ClassVar[tuple[str, ...]] = ()
-    rate: ClassVar[float] = 1.0  # candidate rate r of the ID generator (candidates.md §2)
+    rate: ClassVar[float] = 1.0  # candidate rate r of the ID generator (docs/spec/candidates.md §2)
     # Candidate-teacher recipe per preset ("*": any preset not named); a preset it does not name uses the preset's
     # own teacher (pllbench.presets.TEACHERS: quick, smoke), and a preset with neither is refused.
     teachers: ClassVar[dict[str, dict]] = {}
@@ -98,7 +99,6 @@ class Dataset(ABC):
 
 
 _DATASETS: dict[str, type[Dataset]] = {}
-SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,63}")
 
 
 def register_dataset(name: str):
@@ -154,7 +154,7 @@ def contract_problem(name: str, cls) -> str | None:
 
 
 def registered_datasets() -> dict[str, type[Dataset]]:
-    """The datasets registered so far (name → class). pllbench.data.dataset_names() imports them all first."""
+    """The datasets registered so far (name → class). pllbench.data.registry.dataset_names() imports them all first."""
     return dict(_DATASETS)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .views import ViewMaker
+from .views.maker import ViewMaker
+
+COLLAPSE_COSINE = 0.99  # a mean pairwise cosine of the test projections above this is a collapsed head
+
 
 
 @torch.no_grad()
@@ -58,3 +61,16 @@ def projection_diagnostics(project, images: torch.Tensor, maker: ViewMaker, limi
     z = torch.cat([project(maker(images[s:s + batch_size], "base", None)).float()
                    for s in range(0, min(limit, len(images)), batch_size)])
     return {"proj/mean_cos": mean_pairwise_cosine(z), "proj/eff_rank": effective_rank(z)}
+
+
+def projection_collapsed(cosines: list[float]) -> bool:
+    """A run's projection collapsed when its mean cosine ends above COLLAPSE_COSINE, or stays above it for at least
+    half the epochs: a head that escapes late trains for too few (docs/calibration.md, "Collapse")."""
+    if not cosines:
+        return False
+    return cosines[-1] > COLLAPSE_COSINE or 2 * collapsed_epochs(cosines) >= len(cosines)
+
+
+def collapsed_epochs(cosines: list[float]) -> int:
+    """The epochs whose mean cosine is above COLLAPSE_COSINE."""
+    return sum(c > COLLAPSE_COSINE for c in cosines)

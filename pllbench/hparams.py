@@ -16,15 +16,12 @@ from typing import Any
 
 from .errors import PllbenchError
 from .tune_space import Space
-from .views import VIEW_NAMES
+from .util import is_number
+from .views.maker import VIEW_NAMES
 
 
 def _number_text(x) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
@@ -91,13 +88,13 @@ class HP:
             return like
         if isinstance(default, int) and not isinstance(value, int):
             return like.replace("a value", "an integer")
-        if isinstance(default, float) and not _is_number(value):
+        if isinstance(default, float) and not is_number(value):
             return like
         if isinstance(default, str) and not isinstance(value, (str, int)):
             return like
         if self.choices is not None and value not in self.choices:
             return f"expected one of {self.range_text}"
-        if _is_number(value):
+        if is_number(value):
             if not math.isfinite(value):
                 return "expected a finite number"
             low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
@@ -113,7 +110,7 @@ class HP:
         given for a text one, e.g. a hash prefix, become text)."""
         if isinstance(self.default, bool):
             return as_bool(value)
-        if isinstance(self.default, float) and _is_number(value):
+        if isinstance(self.default, float) and is_number(value):
             return float(value)
         if isinstance(self.default, str) and isinstance(value, int) and not isinstance(value, bool):
             return str(value)

@@ -1,4 +1,4 @@
-"""Loss kernels shared by several methods: pure functions of tensors (methods.md §0)."""
+"""Loss kernels shared by several methods: pure functions of tensors (docs/spec/methods.md §0)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ optimiser, devices, AMP, checkpoints and evaluation.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch.nn as nn
 
 from .artifacts import ArtifactStore
 from .errors import PllbenchError
-from .hparams import (  # noqa: F401 (the hyperparameter API, used with the method contract)
+from .hparams import (  # noqa: F401 (the hyperparameter API is part of the method contract)
     HP,
     UNSCOPED,
     canonical_overrides,
@@ -34,8 +33,8 @@ from .hparams import (  # noqa: F401 (the hyperparameter API, used with the meth
 )
 from .losses import renormalize
 from .nets import Classifier, SupConNet, build_backbone, ema_update
-from .plugins import load_entry_points
-from .views import ViewMaker
+from .plugins import SAFE_NAME, load_entry_points
+from .views.maker import ViewMaker
 
 
 class ViewBatch(dict):
@@ -289,7 +288,6 @@ class EMATeacherMethod(Method):
 
 
 _METHODS: dict[str, type[Method]] = {}
-SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,63}")
 
 
 def register_method(name: str):

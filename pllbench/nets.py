@@ -16,7 +16,8 @@ def _conv_bn_relu(cin, cout):
 
 
 class SmallCNN(nn.Module):
-    """cnn-m (32/64/128), cnn-s (16/32/64), cnn-xs (8/16/32): conv blocks, 2×2 max-pools between (protocols.md §6)."""
+    """cnn-m (32/64/128), cnn-s (16/32/64), cnn-xs (8/16/32): conv blocks, 2×2 max-pools between
+    (docs/spec/protocols.md §6)."""
 
     def __init__(self, widths=(16, 32, 64), in_channels=3, convs_per_stage=1):
         super().__init__()
@@ -56,7 +57,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """resnet18c / resnet34c: 3×3 stride-1 stem, no max-pool, widths 64-128-256-512 (methods.md §0)."""
+    """resnet18c / resnet34c: 3×3 stride-1 stem, no max-pool, widths 64-128-256-512 (docs/spec/methods.md §0)."""
 
     def __init__(self, blocks=(2, 2, 2, 2), in_channels=3):
         super().__init__()

@@ -3,9 +3,13 @@ of a group. Shared by the method and dataset registries."""
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import entry_points
 
 from .errors import PllbenchError, exception_text
+
+# A method or dataset name: it names run folders.
+SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,63}")
 
 
 def load_entry_points(group: str, kind: str) -> None:

@@ -1,16 +1,17 @@
-"""Presets (protocols.md §4, §6, §7): optimisation, backbone, batch, data subsets, method overrides, the preset's own
-candidate teacher; the per-dataset parts (rate, teachers, paper backbone and batch, support) are the datasets'."""
+"""Presets (docs/spec/protocols.md §4, §6, §7): optimisation, backbone, batch, data subsets, method overrides, the
+preset's own candidate teacher; the per-dataset parts (rate, teachers, paper backbone and batch, support) are the
+datasets'."""
 
 from __future__ import annotations
 
 import copy
 
-from .data import dataset_class, dataset_names, paper_datasets
+from .data.registry import dataset_class, dataset_names, paper_datasets
 from .errors import PllbenchError
 
-# A preset's own candidate teacher (candidates.md §3), for every dataset that names none for the preset (a dataset's
-# recipes, e.g. the paper's per-dataset teachers, are in its file: Dataset.teachers). Common to all: SGD-Nesterov,
-# per-step cosine to 0 after a 1-epoch linear warm-up, seed 0 (resolve_preset adds them).
+# A preset's own candidate teacher (docs/spec/candidates.md §3), for every dataset that names none for the preset
+# (a dataset's recipes, e.g. the paper's per-dataset teachers, are in its file: Dataset.teachers). Common to all:
+# SGD-Nesterov, per-step cosine to 0 after a 1-epoch linear warm-up, seed 0 (resolve_preset adds them).
 TEACHERS = {
     "quick": {"arch": "cnn-s", "epochs": 3, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4,
               "augment": "flip-crop", "label_smoothing": 0.0},
@@ -30,8 +31,8 @@ PRESETS = {
         "backbone": "resnet34c", "batch_size": 64, "train_per_class": None, "test_per_class": None,
         "method_hparams": {},
     },
-    # Calibrated by measurement (docs/calibration.md, benchmarks/calibrate.py): the 4k subset, cnn-s and the 16-px
-    # cutout of the first quick preset could not disambiguate ID candidates (PRODEN 34 %, oracle 68 %).
+    # Calibrated by measurement on two CPU cores (docs/calibration.md, benchmarks/calibrate.py): data, network and
+    # schedule large enough for the methods to disambiguate ID candidates.
     "quick": {
         "description": "2 CPU cores: Fashion-MNIST 20k train / full 10k test, cnn-m2, no cutout, per-step cosine, "
                        "15 epochs, batch 128",
@@ -42,8 +43,8 @@ PRESETS = {
         "method_hparams": {"*": {"queue_size": 2048}},
         "method_preset": "quick",  # presets copied from this dict (benchmarks/calibrate.py) keep quick's overrides
     },
-    # `make demo`: quick with 10 epochs (the calibration's d20k-e10: oracle 89.98 %, PRODEN 71.40 %, seed 0), so that
-    # the oracle and PRODEN finish in minutes on two cores
+    # `make demo`: quick with 10 epochs (docs/calibration.md, d20k-e10), so that the oracle and PRODEN finish in
+    # minutes on two cores
     "demo": {
         "description": "make demo: the quick preset with 10 epochs (Fashion-MNIST 20k train / full 10k test, cnn-m2)",
         "epochs": 10, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "eta_min": 0.05e-3, "proj_dim": 64,
@@ -144,13 +145,3 @@ def method_overrides(preset_cfg: dict, method: str, family: str) -> dict:
     if not builtin_method(cls):
         out.update(cls.preset_hparams.get(preset_cfg["name"], {}))
     return out
-
-
-def lr_at(cfg: dict, epoch: int, step: int = 0, steps: int = 1) -> float:
-    """Cosine from lr to η: lr_t = η + (lr − η)(1 + cos(π t / T))/2 with t = e, T = E (schedule "epoch", the
-    official codes') or t = e + s/steps (schedule "step": a per-step cosine, which short CPU schedules need)."""
-    import math
-
-    eta, lr0, total = cfg["eta_min"], cfg["lr"], cfg["epochs"]
-    t = epoch + step / steps if cfg.get("schedule", "epoch") == "step" else epoch
-    return eta + (lr0 - eta) * (1 + math.cos(math.pi * t / total)) / 2

@@ -4,7 +4,7 @@ A method file says a hyperparameter is tuned with `HP(..., tune=log_uniform(0.03
 `choice`); the shared optimisation settings every method is tuned over alike are `OPTIM_SPACE`. A space that cannot
 be drawn from (low > high, a log scale with low <= 0, an empty choice) is refused in one line when it is made, that
 is when its method's class is defined; whether it fits the hyperparameter's declared range is checked when a study
-starts (`pllbench.tune.study_space`).
+starts (`pllbench.tune.study.study_space`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 
 from .errors import PllbenchError
+from .util import is_number
 
 KINDS = ("log-uniform", "uniform", "int", "int-log", "choice")
 CHOICE_TYPES = (bool, int, float, str)  # what an Optuna categorical stores as it is
@@ -27,8 +28,8 @@ def _declared_at() -> str:
     return "?"
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_finite_number(value) -> bool:
+    return is_number(value) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Space:
             if not all(isinstance(c, CHOICE_TYPES) for c in self.choices):
                 return "choices must be numbers, text or true/false"
             return "a value is listed twice" if len(set(map(repr, self.choices))) < len(self.choices) else None
-        if not (_is_number(self.low) and _is_number(self.high)):
+        if not (_is_finite_number(self.low) and _is_finite_number(self.high)):
             return "low and high must be finite numbers"
         if self.kind.startswith("int") and not (isinstance(self.low, int) and isinstance(self.high, int)):
             return "an integer range needs integer bounds"

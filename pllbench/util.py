@@ -105,3 +105,8 @@ def cache_root(explicit: str | os.PathLike | None = None) -> Path:
         return Path(explicit)
     env = os.environ.get("PLLBENCH_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "pllbench"
+
+
+def is_number(value) -> bool:
+    """An int or a float, not a bool (a bool is an int to Python, never a number to a hyperparameter)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -34,9 +34,10 @@ def smoke_cache(tmp_path_factory):
 def smoke_run(method: str, cache, runs, seed: int = 0, hp: dict | None = None, dataset: str = "synthetic",
               epochs: int | None = None, val_fraction: float = 0.0, bf16: bool = False):
     """Prepare smoke data and train one method; returns (final, run_dir, prepared)."""
+    from pllbench.data.prepare import prepare
     from pllbench.method import get_method, parse_hp_overrides
-    from pllbench.prepare import prepare
-    from pllbench.trainer import resolve_run_config, run_id, train_run
+    from pllbench.train.loop import resolve_run_config, train_run
+    from pllbench.train.runconfig import run_id
 
     device = torch.device("cpu")
     prep = prepare(dataset, "smoke", seed, cache=cache, device=device, echo=lambda *_: None,
@@ -69,9 +70,9 @@ def curves(run_dir: Path) -> list[dict]:
 def tiny_context(num_train: int = 12, num_classes: int = 4, epochs: int = 3, batch_size: int = 4,
                  density: float = 0.5):
     """A MethodContext over random 16-px images and random candidate sets (each row holds its index mod K)."""
-    from pllbench.data import DatasetInfo
+    from pllbench.data.registry import DatasetInfo
     from pllbench.method import MethodContext
-    from pllbench.views import ViewMaker
+    from pllbench.views.maker import ViewMaker
 
     gen = torch.Generator().manual_seed(0)
     cands = (torch.rand(num_train, num_classes, generator=gen) < density).float()
@@ -101,7 +102,7 @@ def assert_resume_is_bit_identical(method: str, cache, tmp_path, monkeypatch, hp
     """Train `method` straight, then again stopped right after epoch `stop_after`'s checkpoint and rerun: the rerun
     trains only the epochs after the checkpoint, and weights, buffers, predictions and curves equal the straight
     run's bit for bit. Returns the straight run's final state and curves."""
-    from pllbench import trainer
+    from pllbench.train import loop as trainer
 
     _, straight, _ = smoke_run(method, cache, tmp_path / "straight", hp=hp, epochs=epochs)
     save, train_epoch, trained = trainer.save_checkpoint, trainer.train_epoch, []

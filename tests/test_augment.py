@@ -1,4 +1,4 @@
-"""`pllbench augment` (pllbench/augment.py): the tiny InstructPix2Pix editor on synthetic smoke data."""
+"""`pllbench augment` (pllbench/cad_edits/augment.py): the tiny InstructPix2Pix editor on synthetic smoke data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pllbench.augment import (
+from pllbench.cad_edits.augment import (
     PIPELINE_PARAMS,
     TINY,
     EditModel,
@@ -26,10 +26,10 @@ from pllbench.augment import (
     tiny_pipeline,
     weights_fingerprint,
 )
+from pllbench.cad_edits.edits import edit_pairs
+from pllbench.cad_edits.tiny_editor import tiny_tokenizer
 from pllbench.cli import main as cli_main
-from pllbench.edits import edit_pairs
 from pllbench.errors import PllbenchError
-from pllbench.tiny_editor import tiny_tokenizer
 from pllbench.util import derive_seed
 
 SMALL = "synthetic:train=12"  # 12 instances, about 35 edits at the smoke rate
@@ -129,7 +129,7 @@ def test_rows_follow_the_candidate_rows_with_their_own_prompt_and_seed(tmp_path)
     store, summary = run_augment(tmp_path, EditModel("stamp-test", "0" * 64, lambda dtype: pipe), batch_size=5)
     assert pipe.params == {"num_inference_steps": 10, "guidance_scale": 5.0, "image_guidance_scale": 1.5,
                            "negative_prompt": None}
-    from pllbench.prepare import prepare
+    from pllbench.data.prepare import prepare
 
     prep = prepare(SMALL, "smoke", 0, cache=tmp_path, device=CPU, echo=lambda *_: None)
     instances, labels = edit_pairs(prep.candidates.matrix)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import DATA, error_line
 
+from pllbench.cad_edits.edits import build_edits, edits_key
 from pllbench.cli import main
-from pllbench.edits import build_edits, edits_key
-from pllbench.runs import read_attempts
+from pllbench.train.runs import read_attempts
 
-DATA = "synthetic:train=64,test=32"
 RUN = ["run", "--dataset", DATA, "--preset", "smoke", "--no-progress"]
 ENTANGLE = ["entangle", "--dataset", DATA, "--preset", "smoke", "--top", "10", "--tsne-points", "0", "--device", "cpu"]
 CANDIDATES = ["candidates", "--dataset", DATA, "--preset", "smoke", "--device", "cpu"]
@@ -376,3 +376,32 @@ def test_debug_reraises_an_os_error(world, capsys, monkeypatch):
     with pytest.raises(PermissionError):
         main(["--debug"] + CANDIDATES + ["--seed", "1"])
     assert "error: " not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--seeds", "0,,1"], ["malformed --seeds '0,,1'", "an empty item"]),
+    (["--seeds", "0,1,"], ["malformed --seeds '0,1,'", "an empty item"]),
+    (["--methods", "dirk,,cc"], ["malformed --methods 'dirk,,cc'", "an empty item"]),
+    (["--runs", ""], ["--runs is empty", "pass --runs DIR"]),
+    (["--runs", " "], ["--runs is empty"]),
+    (["--preset", ""], ["--preset is empty"]),
+])
+def test_empty_items_are_one_line_errors(capsys, tmp_path, argv, needles):
+    base = ["run", "--dataset", DATA, "--preset", "smoke"]
+    if "--methods" not in argv:
+        base += ["--methods", "cc"]
+    if "--runs" not in argv:
+        base += ["--runs", str(tmp_path / "r")]
+    error_line(capsys, base + argv, *needles)
+    assert not (tmp_path / "r").exists() and not Path("runs").exists()
+
+
+def test_empty_dataset_item_is_an_error(capsys):
+    error_line(capsys, ["run", "--methods", "cc", "--datasets", "fmnist,,cifar10"], "an empty item")
+
+
+def test_non_utf8_grid_file_is_one_line(capsys, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_bytes(b'methods = ["cc"]\n\xff\xfe datasets = ["synthetic"]\n')
+    error_line(capsys, ["run", "--grid", str(grid)], "grid.toml is not UTF-8 text (byte 0xff at offset 17)")
+    error_line(capsys, ["status", "--grid", str(grid)], "is not UTF-8 text")

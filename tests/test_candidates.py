@@ -9,8 +9,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_run
 
-from pllbench.candidates import build_report, inclusion_probs, sample_candidates
+from pllbench.data.candidates import build_report, inclusion_probs, sample_candidates
 
 
 def official_steps(logits: torch.Tensor, labels: torch.Tensor, rate: float) -> torch.Tensor:
@@ -122,7 +123,7 @@ def test_report_hand_count():
 
 
 def test_uniform_source_kernel_and_spelling():
-    from pllbench.candidates import parse_source, source_text, uniform_probs
+    from pllbench.data.candidates import parse_source, source_text, uniform_probs
     from pllbench.errors import PllbenchError
 
     probs = uniform_probs(torch.tensor([2, 0]), 3, 0.25)
@@ -141,10 +142,10 @@ def test_uniform_source_kernel_and_spelling():
 
 
 def test_uniform_candidates_are_their_own_artifact_run_and_board_column(smoke_cache, tmp_path):
+    from pllbench.data.prepare import prepare
     from pllbench.errors import PllbenchError
-    from pllbench.grid import GridSpec
-    from pllbench.prepare import prepare
-    from pllbench.results import dataset_column
+    from pllbench.grid.jobs import GridSpec
+    from pllbench.leaderboard.results import dataset_column
 
     cpu = torch.device("cpu")
     ident = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=cpu, echo=lambda *_: None)
@@ -176,3 +177,17 @@ def test_run_with_uniform_candidates_from_the_command_line(tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["candidates"]["source"] == "uniform:q=0.3"
     assert main(argv[:-5] + ["--candidates", "uniform:q=7", "--runs", str(tmp_path / "runs")]) == 2
     assert "uniform candidate probability q=7.0 must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_oracle_source_gives_the_true_labels_as_singletons(smoke_cache, tmp_path):
+    final, run_dir, prep = smoke_run("oracle", smoke_cache, tmp_path / "runs")
+    matrix = prep.candidates.matrix
+    assert (matrix.sum(axis=1) == 1).all()
+    assert np.array_equal(matrix.argmax(axis=1), prep.data.train.labels.numpy())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["candidates"]["source"] == "oracle" and config["candidates"]["mean_size"] == 1.0
+    assert final["reference"] is True and final["label"] == "oracle"
+    assert 0.0 <= final["teacher_test_acc"] <= 1.0
+    _, id_dir, id_prep = smoke_run("proden", smoke_cache, tmp_path / "runs")
+    assert id_prep.candidates.hash != prep.candidates.hash  # a separate artifact, never the ID candidates
+    assert "source" not in json.loads((id_dir / "config.json").read_text())["candidates"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import error_line, golden
 
 from pllbench.cli import main
 
@@ -99,7 +100,7 @@ def test_bf16_on_a_cpu_without_native_bfloat16_says_it_is_slower(capsys, monkeyp
                                                                  noted):
     """--bf16 on a CPU without avx512_bf16 / AMX is emulated and slower than fp32: the run says so in one line, and
     still runs; a CPU with them, or one whose flags cannot be read, gets no note."""
-    from pllbench import machine
+    from pllbench.train import machine
 
     monkeypatch.setattr(machine, "native_bf16_flags", lambda: flags)
     argv = SMOKE + ["--methods", "cc", "--epochs", "1", "--bf16", "--device", "cpu", "--runs", str(tmp_path / "r"),
@@ -110,7 +111,7 @@ def test_bf16_on_a_cpu_without_native_bfloat16_says_it_is_slower(capsys, monkeyp
 
 
 def test_native_bf16_flags_reads_the_cpu_flags(monkeypatch):
-    from pllbench import machine
+    from pllbench.train import machine
 
     monkeypatch.setattr(machine, "_proc_value", lambda path, key: "fpu sse2 avx512f avx512_bf16 amx_tile")
     assert machine.native_bf16_flags() == ["avx512_bf16"]
@@ -118,3 +119,24 @@ def test_native_bf16_flags_reads_the_cpu_flags(monkeypatch):
     assert machine.native_bf16_flags() == []
     monkeypatch.setattr(machine, "_proc_value", lambda path, key: None)
     assert machine.native_bf16_flags() is None
+
+
+def test_describe_dirk_snapshot_and_every_hyperparameter_documented(capsys):
+    assert main(["describe", "dirk"]) == 0
+    golden("describe_dirk.txt", capsys.readouterr().out)
+    from pllbench.method import get_method, method_names
+
+    for name in method_names():
+        cls = get_method(name)
+        docs = getattr(cls, "hparam_docs", {})
+        for key in cls.hparams:
+            assert key in docs and all(docs[key]), f"{name}.{key} has no (range, meaning) in hparam_docs"
+        assert main(["describe", name, "--preset", "smoke", "--dataset", "synthetic"]) == 0
+    capsys.readouterr()
+    error_line(capsys, ["describe", "nope"], "unknown method 'nope'")
+
+
+def test_run_help_snapshot(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["run", "--help"]) == 0
+    golden("run_help.txt", capsys.readouterr().out)

@@ -10,7 +10,7 @@ from pllbench.cli import main
 from pllbench.errors import PllbenchError
 from pllbench.method import method_names
 from pllbench.presets import preset_datasets
-from pllbench.runconfig import RunConfig
+from pllbench.train.runconfig import RunConfig
 
 SMOKE = ["--dataset", "synthetic", "--preset", "smoke", "--device", "cpu"]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import cli_command, smoke_run
 
-from pllbench import prepare as prepare_module
+from pllbench.data import prepare as prepare_module
 from pllbench.method import method_names
 
 TIMING_KEYS = {"seconds", "samples_per_sec", "train_seconds", "peak_mem_mb"}
@@ -64,7 +64,7 @@ def test_label_hiding(method, smoke_cache, tmp_path, monkeypatch):
 PLUGIN = """
 import torch.nn.functional as F
 from pllbench.method import ClassifierMethod, register_method
-from pllbench.prepare import load_data
+from pllbench.data.prepare import load_data
 
 
 @register_method("ep-honest")

@@ -15,7 +15,7 @@ import pllbench
 from pllbench.cli import cli, main
 from pllbench.errors import PllbenchError
 from pllbench.hparams import parse_value
-from pllbench.runconfig import RunConfig
+from pllbench.train.runconfig import RunConfig
 from pllbench.wording import percent, plural
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from pllbench.artifacts import verify
-from pllbench.edits import EditStore
-from pllbench.run_files import load_checkpoint
+from pllbench.cad_edits.edits import EditStore
+from pllbench.train.run_files import load_checkpoint
 
 SEED = 9
 RUN = ["run", "--dataset", "synthetic:train=64,test=16", "--preset", "smoke", "--no-progress", "--device", "cpu"]
@@ -45,8 +45,9 @@ PRELOAD = ["torch", "pyarrow.parquet", "diffusers", "transformers",
            "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_instruct_pix2pix",
            "diffusers.models.autoencoders.autoencoder_kl", "diffusers.models.unets.unet_2d_condition",
            "diffusers.schedulers.scheduling_dpmsolver_multistep", "transformers.models.clip.modeling_clip",
-           "transformers.models.clip.tokenization_clip", "pllbench.cli", "pllbench.grid", "pllbench.launchers",
-           "pllbench.trainer", "pllbench.methods", __name__]  # this module: each child unpickles `_child` from it
+           "transformers.models.clip.tokenization_clip", "pllbench.cli", "pllbench.grid.jobs",
+           "pllbench.grid.launchers", "pllbench.train.loop", "pllbench.methods",
+           __name__]  # this module: each child unpickles `_child` from it
 TIMING = {"seconds", "train_seconds", "samples_per_sec", "peak_mem_mb", "throughput"}
 
 
@@ -360,7 +361,7 @@ def test_a_killed_augment_resumes_to_the_same_edit_bytes(ctx, tmp_path, record_p
 
 def test_the_tiny_editor_key_is_the_same_in_every_process():
     """diffusers lists a config's defaulted keys in string-hash order; the weights hash must not see that order."""
-    from pllbench.augment import _config_text
+    from pllbench.cad_edits.augment import _config_text
 
     config = {"sample_size": 32, "_use_default_values": ["act_fn", "scaling_factor", "shift_factor"]}
     shuffled = {**config, "_use_default_values": config["_use_default_values"][::-1]}

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pllbench import data as data_module
 from pllbench import dataset as contract
-from pllbench import prepare as prepare_module
-from pllbench.data import dataset_class, dataset_names, get_dataset, paper_datasets
+from pllbench.data import prepare as prepare_module
+from pllbench.data import registry as data_module
+from pllbench.data.registry import dataset_class, dataset_names, get_dataset, paper_datasets
 from pllbench.dataset import Dataset, DatasetInfo, Split, register_dataset
 from pllbench.errors import PllbenchError
 from pllbench.presets import PRESETS, TEACHERS, preset_datasets, resolve_preset
-from pllbench.view_families import TEACHER_AUGMENTS, ViewFamily, register_view_family, view_family
+from pllbench.views.families import TEACHER_AUGMENTS, ViewFamily, register_view_family, view_family
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "resolved_presets.json"
@@ -75,8 +75,9 @@ def test_smoke_dataset_keys_teacher_keys_and_run_ids_are_unchanged(tmp_path):
     when it gained the `teacher_init` hyperparameter (a new key in every DIRK config), and every smoke id once when a
     run began to record only its own entries of the preset's method table (smoke's table has CEL, VALEN and CAD
     entries)."""
-    from pllbench.prepare import prepare
-    from pllbench.trainer import resolve_run_config, run_id
+    from pllbench.data.prepare import prepare
+    from pllbench.train.loop import resolve_run_config
+    from pllbench.train.runconfig import run_id
 
     for key, want in json.loads(GOLDEN.read_text())["smoke_runs"].items():
         spec, method = key.rsplit("/", 1)
@@ -186,7 +187,7 @@ def test_teacher_fallbacks_and_settings(registry):
 
 
 def test_info_must_match_the_registered_name(registry, tmp_path):
-    from pllbench.prepare import prepare
+    from pllbench.data.prepare import prepare
 
     register_dataset("toy-renamed")(make("toy"))
     with pytest.raises(PllbenchError, match="names the dataset 'toy', but it is registered as 'toy-renamed'"):
@@ -194,7 +195,7 @@ def test_info_must_match_the_registered_name(registry, tmp_path):
 
 
 def test_view_families_are_data_and_a_dataset_file_may_add_one():
-    from pllbench.views import ViewMaker
+    from pllbench.views.maker import ViewMaker
 
     with pytest.raises(PllbenchError, match="unknown view family '48'; known: 28, 32, 224"):
         DatasetInfo("t", 4, 3, 48, (0.5,) * 3, (0.25,) * 3, "48")

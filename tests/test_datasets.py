@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pllbench.data import get_dataset, load_image_data, stratified_subset
+from pllbench.data.registry import get_dataset, load_image_data, stratified_subset
 from pllbench.errors import PllbenchError
 
 

@@ -1,4 +1,4 @@
-"""The edit artifact (pllbench/edits.py): order, gather, resume, identity, lookup errors."""
+"""The edit artifact (pllbench/cad_edits/edits.py): order, gather, resume, identity, lookup errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pllbench.artifacts import ArtifactStore
-from pllbench.edits import (
+from pllbench.cad_edits.edits import (
     EditStore,
     EditWriter,
     IdentityEdits,

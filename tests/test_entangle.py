@@ -9,10 +9,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from cli_helpers import DATA, finished_world
 from conftest import smoke_run
 
 from pllbench.cli import main
-from pllbench.entangle import (
+from pllbench.entangle.extractors import Extractor
+from pllbench.entangle.pairs import (
     canonical_scores,
     center_distance,
     class_centroids,
@@ -29,7 +31,6 @@ from pllbench.entangle import (
     top_cross_class_pairs,
 )
 from pllbench.errors import PllbenchError
-from pllbench.extractors import Extractor
 
 # §7: six instances, 2-d features, 3 classes.
 TOY_FEATURES = torch.tensor([[4, 1], [3, 2], [2, 3], [-1, 5], [4, -1], [1, -3]], dtype=torch.float64)
@@ -245,7 +246,7 @@ def test_cli_scores_a_smoke_run(smoke_cache, tmp_path, capsys):
 def test_cli_does_not_score_a_run_twice(smoke_cache, tmp_path, capsys, monkeypatch):
     """A run whose entangle.json holds this analysis of the same subsets is reused (its model is not loaded);
     other subsets, plots that need its features, and --rescore score it again."""
-    import pllbench.entangle_report as report
+    import pllbench.entangle.report as report
 
     _, run_dir, _ = smoke_run("proden", smoke_cache, tmp_path / "runs")
     base = ["entangle", "--dataset", "synthetic", "--preset", "smoke", "--cache-dir", str(smoke_cache),
@@ -282,7 +283,7 @@ def test_cli_rejects_bad_input(args, message, smoke_cache, capsys):
 def test_timm_weights_map_by_position(tmp_path):
     """A weights file whose key names differ from timm's loads by position and shape."""
     timm = pytest.importorskip("timm")
-    from pllbench.extractors import timm_eval_transform, timm_extractor
+    from pllbench.entangle.extractors import timm_eval_transform, timm_extractor
 
     torch.manual_seed(0)
     reference = timm.create_model("test_efficientnet", pretrained=False).eval()
@@ -297,3 +298,19 @@ def test_timm_weights_map_by_position(tmp_path):
     torch.save(dict(list(renamed.items())[:-1]), tmp_path / "short.pt")
     with pytest.raises(PllbenchError, match="matched by position"):
         timm_extractor(f"test_efficientnet@{tmp_path / 'short.pt'}", torch.device("cpu"))
+
+
+def test_entangle_on_unreadable_predictions_fails_and_removes_the_stale_analysis(capsys, smoke_cache, tmp_path):
+    runs, run_dir, _ = finished_world(smoke_cache, tmp_path)
+    entangle = ["entangle", "--dataset", DATA, "--preset", "smoke", "--top", "10", "--tsne-points", "0", "--device",
+                "cpu", "--cache-dir", str(smoke_cache), "--runs", str(runs)]
+    assert main(entangle) == 0
+    assert (run_dir / "entangle.json").is_file()
+    parquet = run_dir / "predictions.parquet"
+    parquet.write_bytes(parquet.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(entangle) == 2
+    err = capsys.readouterr().err
+    assert "predictions.parquet" in err and "its old entangle.json was removed" in err
+    assert err.strip().splitlines()[-1].startswith("error: 1 finished run could not be scored")
+    assert not (run_dir / "entangle.json").exists()

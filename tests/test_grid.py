@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_command
+import torch
+from cli_helpers import DATA, fsync_refused, smoke
+from conftest import cli_command, smoke_run
 
-from pllbench import trainer
 from pllbench.cli import main
-from pllbench.grid import GridSpec, RunEnv, split_datasets
-from pllbench.grid_file import load_grid_file
-from pllbench.launchers import LaunchOptions, submit_slurm, visible_gpus, wait_slurm
-from pllbench.runconfig import RunConfig
-from pllbench.runs import read_attempts
+from pllbench.grid.file import load_grid_file
+from pllbench.grid.jobs import GridSpec, RunEnv, split_datasets
+from pllbench.grid.launchers import LaunchOptions, submit_slurm, visible_gpus, wait_slurm
+from pllbench.train import loop as trainer
+from pllbench.train.runconfig import RunConfig
+from pllbench.train.runs import claim, read_attempts
 
 BASE = 'methods = ["proden"]\ndatasets = ["synthetic"]\npreset = "smoke"\n'
 
@@ -96,8 +98,6 @@ def test_job_ids_hash_only_what_reaches_the_method():
 
 
 def test_visible_gpus(monkeypatch):
-    import torch
-
     assert visible_gpus("cpu") == [] and visible_gpus("cuda:1") == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -294,3 +294,76 @@ def test_slurm_launcher_requeues_and_resumes_through_submitit(tmp_path):
         pytest.skip("the run finished before it could be interrupted")
     events = starts(next(runs.glob("*/dirk-ref-*")))
     assert len(events) == 2 and events[1]["from_epoch"] >= 1  # requeued, then resumed from its checkpoint
+
+
+def test_status_flags_a_collapsed_projection(smoke_cache, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    final, run_dir, _ = smoke_run("cad", smoke_cache, runs)
+    assert final["projection"]["collapsed"]  # two smoke epochs leave the head as initialised (cosine ≈ 1)
+    capsys.readouterr()
+    assert main(["status", "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    flagged = [line for line in out.splitlines() if line.strip().startswith("collapsed")]
+    assert len(flagged) == int(final["projection"]["collapsed"])
+    if flagged:
+        assert run_dir.name in flagged[0] and "mean cosine" in flagged[0]
+
+
+def test_duplicates_are_merged_with_a_warning(capsys, smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(smoke(smoke_cache, runs, "--methods", "cc,cc", "--seeds", "0,0", "--epochs", "1",
+                      "--no-progress")) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and "method cc" in warnings[0] and "seed 0" in warnings[1], warnings
+    assert "1 job " in captured.err and "| cc | synthetic:train=64,test=32 |" in captured.out
+    row = next(line for line in captured.out.splitlines() if line.startswith("| cc |"))
+    assert row.endswith("| 1 | 0 |"), row  # counted once
+    assert [a["event"] for a in read_attempts(run_dirs(runs)[0])] == ["start", "done"]
+
+
+def test_a_failing_job_prints_one_line_then_one_summary(capsys, smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    code = main(smoke(smoke_cache, runs, "--methods", "cad,cad-noca,cc", "--epochs", "1", "--no-progress", "--hp",
+                      "editor=ip2p"))
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "the 'ip2p' edits" not in captured.out and "failed:" not in captured.out
+    lines = [line for line in captured.err.splitlines() if "the 'ip2p' edits" in line]
+    assert len(lines) == 3, lines  # cad, cad-noca, then the summary
+    assert sum(f"/{m}-s0-" in line for line in lines[:2] for m in ("cad", "cad-noca")) == 2
+    assert lines[2].startswith("error: 2 of 3 jobs failed (first: ") and lines[2] == captured.err.splitlines()[-1]
+    assert "| cc |" in captured.out
+
+
+def test_status_counts_every_state_and_failed_jobs_are_not_pending(capsys, monkeypatch, smoke_cache, tmp_path):
+    """cc on DATA: seed 0 done, 1 corrupt, 2 interrupted, 3 failed, 4 running; cifar10: seed 0 failed before
+    training (no data), seeds 1-4 pending."""
+    runs = tmp_path / "runs"
+
+    def one(seed: int, *extra: str) -> int:
+        return main(smoke(smoke_cache, runs, "--methods", "cc", "--seeds", str(seed), "--no-progress", *extra))
+
+    assert one(0) == 0 and one(1) == 0
+    final = next(runs.glob("*/cc-s1-*/final.json"))
+    final.write_text(final.read_text()[:20])
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "fsync", fsync_refused(".checkpoint-0002.pt."))
+        for seed in (2, 3, 4):
+            assert one(seed) == 2
+    for seed in (2, 4):
+        (next(runs.glob(f"*/cc-s{seed}-*")) / "failed.json").unlink()  # killed rather than failed
+    assert main(["run", "--methods", "cc", "--dataset", "cifar10", "--preset", "smoke", "--runs", str(runs),
+                 "--cache-dir", str(smoke_cache), "--data-root", str(tmp_path / "no-data")]) == 2
+    capsys.readouterr()
+    status = ["status", "--runs", str(runs), "--methods", "cc", "--datasets", f"{DATA},cifar10", "--preset", "smoke",
+              "--seeds", "0,1,2,3,4"]
+    with claim(next(runs.glob("*/cc-s4-*")), job="test") as (held, _):
+        assert held
+        assert main(status) == 0
+    out = capsys.readouterr().out
+    assert "done 1 · running 1 · failed 2 · interrupted 1 · corrupt 1 · pending 4 · 10 jobs" in out, out
+    assert "cifar10/cc/s0 (before training): dataset 'cifar10' not found" in out
+    # ETA: 1 epoch left of the interrupted run, 1 of the running one, 2 of each pending job; none of failed ones
+    assert "for 10 epochs left" in out, out
+    assert len(list((runs / "_jobs").glob("*.failed.json"))) == 1

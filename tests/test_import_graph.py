@@ -10,6 +10,10 @@ imports its own submodules, as methods/__init__.py does, is the normal layout, n
 
 A package `__init__` that imports its submodules by name at run time (`importlib.import_module(f"{__name__}.…")`
 over `pkgutil.iter_modules`) gets an edge to each of them, so the plugin registries are in the graph too.
+
+The layer rule (docs/architecture.md): core ← train ← analysis ← cli. A module imports only modules of its own layer
+or of a layer below it, never one above; within a layer the cycle check applies. The built-in methods and datasets are
+plugins like a third party's: they import only the public contract (METHOD_CONTRACT, DATASET_CONTRACT) and each other.
 """
 
 from __future__ import annotations
@@ -31,6 +35,20 @@ ALLOWED_EDGES = {
         "the method registry imports the built-in method plugins on first lookup (load_plugins, like the entry "
         "points it loads next); each plugin imports pllbench.method to subclass Method and register itself",
 }
+
+
+# Each layer's packages, lowest first; a module of pllbench/ outside every listed package is core.
+LAYERS = {
+    "core": ("pllbench.data", "pllbench.views", "pllbench.cad_edits", "pllbench.methods", "pllbench.datasets"),
+    "train": ("pllbench.train", "pllbench.grid"),
+    "analysis": ("pllbench.leaderboard", "pllbench.entangle", "pllbench.tune"),
+    "cli": ("pllbench.cli", "pllbench.__main__"),
+}
+# What a method or dataset plugin may import from pllbench (a third-party plugin has the same); the CAD family also
+# uses CAD's edit pipeline.
+METHOD_CONTRACT = {"pllbench.method", "pllbench.losses", "pllbench.nets", "pllbench.tune_space", "pllbench.queue",
+                   "pllbench.errors", "pllbench.util", "pllbench.cad_edits"}
+DATASET_CONTRACT = {"pllbench.dataset", "pllbench.errors", "pllbench.util"}
 
 
 @dataclass
@@ -252,3 +270,58 @@ def test_pyproject_installs_every_package_of_the_graph():
     data = list(setup["package-data"])  # folders of data files only (pllbench/data and its prompts)
     assert sorted(setup["packages"]) == sorted(code + data)
     assert not any(any((REPO / name.replace(".", "/")).glob("*.py")) for name in data)
+
+
+def in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_of(module: str) -> int:
+    """The index of the module's layer in LAYERS (0: core)."""
+    for index, packages in enumerate(LAYERS.values()):
+        if any(in_package(module, package) for package in packages):
+            return index
+    return 0
+
+
+def upward_edges(graph: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_every_subpackage_has_a_layer():
+    """A new subpackage of pllbench/ is placed in LAYERS (else it would count as core without anyone deciding so)."""
+    _, _, modules = import_graph()
+    listed = [package for packages in LAYERS.values() for package in packages]
+    unplaced = [m.name for m in modules.values() if m.is_package and m.name != "pllbench"
+                and not any(in_package(m.name, package) for package in listed)]
+    assert not unplaced, f"subpackages missing from LAYERS: {unplaced}"
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    graph, _, modules = import_graph()
+    names = list(LAYERS)
+    problems = [f"{shown(modules[a].path)}:{graph[a][b]}: {a} ({names[layer_of(a)]}) imports {b} "
+                f"({names[layer_of(b)]})" for a, b in upward_edges(graph)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_layer_check_reports_an_upward_edge():
+    graph = {"pllbench.train.loop": {"pllbench.leaderboard.results": 3, "pllbench.errors": 1},
+             "pllbench.cli.run": {"pllbench.train.loop": 2}, "pllbench.method": {"pllbench.methods": 5}}
+    assert upward_edges(graph) == [("pllbench.train.loop", "pllbench.leaderboard.results")]
+
+
+def plugin_problems(graph: dict[str, dict[str, int]], plugins: str, contract: set[str]) -> list[str]:
+    return [f"{a} imports {b}" for a, targets in sorted(graph.items()) if in_package(a, plugins) and a != plugins
+            for b in sorted(targets) if not in_package(b, plugins)
+            and not any(in_package(b, allowed) for allowed in contract)]
+
+
+def test_methods_and_datasets_import_only_the_public_contract():
+    graph, _, _ = import_graph()
+    problems = plugin_problems(graph, "pllbench.methods", METHOD_CONTRACT)
+    problems += plugin_problems(graph, "pllbench.datasets", DATASET_CONTRACT)
+    assert not problems, "\n".join(problems)
+    fake = {"pllbench.methods.x": {"pllbench.method": 1, "pllbench.methods.y": 2, "pllbench.train.loop": 3}}
+    want = ["pllbench.methods.x imports pllbench.train.loop"]
+    assert plugin_problems(fake, "pllbench.methods", METHOD_CONTRACT) == want

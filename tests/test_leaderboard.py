@@ -10,10 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import smoke_run
 
 from pllbench.cli import main
 from pllbench.errors import PllbenchError
-from pllbench.leaderboard import build_boards, entangle_values, paper_numbers, parse_comparisons, render
+from pllbench.leaderboard.build import render
+from pllbench.leaderboard.cells import build_boards, paper_numbers
+from pllbench.leaderboard.compare import parse_comparisons
+from pllbench.leaderboard.results import entangle_values
 from pllbench.method import get_method, resolve_hparams
 from pllbench.presets import method_overrides, resolve_preset
 from pllbench.util import atomic_write_json
@@ -200,7 +204,7 @@ GOLDEN_MORE = Path(__file__).parent / "golden" / "leaderboard-more.md"
 def test_golden_rendering_of_more_states(tmp_path):
     """Written before the pandas port, to check it changes nothing: a dataset with options, a run held by a live
     process, a run with no epoch yet, tied rows, hparam / val / bf16 variants, a second commit and GPU hardware."""
-    from pllbench.runs import claim
+    from pllbench.train.runs import claim
 
     root = tmp_path / "runs"
     gpu = dict(ENV, gpu="NVIDIA H100", device="cuda")
@@ -363,7 +367,7 @@ def test_parse_comparisons():
 
 
 def test_lost_classes_on_constructed_confusions():
-    from pllbench.leaderboard_classes import Lost, lost_classes
+    from pllbench.leaderboard.classes import Lost, lost_classes
 
     # 3 classes, 2 seeds: class 1 is predicted as 2 on (10 + 8) of its (10 + 10) items (recall 0 and 0.2)
     seed_a = np.array([[10, 0, 0], [0, 0, 10], [0, 0, 10]])
@@ -440,8 +444,8 @@ def test_rows_with_identical_predictions_are_listed_once(tmp_path):
 
 
 def test_wall_time_leaves_out_the_pause_of_a_grid_resumed_later():
-    from pllbench.leaderboard_tables import union_seconds
-    from pllbench.results import busy_intervals
+    from pllbench.leaderboard.results import busy_intervals
+    from pllbench.leaderboard.tables import union_seconds
 
     curves = [{"epoch": e, "seconds": 100.0} for e in range(5)]
     # killed after epochs 0-1 (no end event), resumed a day later from epoch 2, done after epochs 2-4
@@ -453,3 +457,18 @@ def test_wall_time_leaves_out_the_pause_of_a_grid_resumed_later():
     assert busy_intervals([], curves) == []
     # two workers: overlapping runs count once, the pause not at all
     assert union_seconds([(0.0, 200.0), (100.0, 300.0), (86_400.0, 86_700.0)]) == 600.0
+
+
+def test_leaderboard_compare_option(smoke_cache, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["leaderboard", "--runs", str(runs), "--compare", "cad-cam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: malformed comparison 'cad-cam'")
+    for seed in (0, 1):
+        smoke_run("proden", smoke_cache, runs, seed=seed)
+        smoke_run("cc", smoke_cache, runs, seed=seed)
+    out = tmp_path / "boards"
+    assert main(["leaderboard", "--runs", str(runs), "--out", str(out), "--compare", "proden:cc",
+                 "--cache-dir", str(smoke_cache)]) == 0
+    board = next(out.glob("*.md")).read_text()
+    assert "| proden vs cc |" in board

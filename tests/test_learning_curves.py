@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pllbench.cli import main
-from pllbench.leaderboard_curves import GROUPS, method_group, row_curves
-from pllbench.leaderboard_data import build_boards
+from pllbench.leaderboard.cells import build_boards
+from pllbench.leaderboard.curves import GROUPS, method_group, row_curves
 from pllbench.method import method_names
 
 # one method of each group: a reference, a classic, a mission method, an ablation

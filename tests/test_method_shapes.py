@@ -14,7 +14,7 @@ import math
 import pytest
 from conftest import smoke_run
 
-from pllbench.data import dataset_class
+from pllbench.data.registry import dataset_class
 from pllbench.method import get_method, method_names
 
 DATASETS = {  # name: (synthetic spec, the dataset whose candidate rate applies, 224-px input)
@@ -66,7 +66,7 @@ def test_one_bf16_epoch_on_the_cpu(method, smoke_cache, tmp_path, monkeypatch):
     method's step and evaluation run under it with finite losses."""
     import torch
 
-    from pllbench import trainer
+    from pllbench.train import loop as trainer
 
     seen, step = [], trainer.train_step
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import smoke_run
 
 from pllbench.cli import main
-from pllbench.runs import claim
+from pllbench.train.runs import claim
 from pllbench.util import atomic_write_text
 
 ENTANGLE = ["entangle", "--dataset", "synthetic", "--preset", "smoke", "--device", "cpu", "--tsne-points", "0"]

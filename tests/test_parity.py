@@ -19,11 +19,11 @@ import torch
 from conftest import smoke_run
 
 import pllbench.methods.able as able_module
-from pllbench.data import DatasetInfo
+from pllbench.data.registry import DatasetInfo
 from pllbench.losses import renormalize
 from pllbench.method import Batch, MethodContext
 from pllbench.methods.able import ABLE, able_weight_rows, able_weights
-from pllbench.views import ViewMaker
+from pllbench.views.maker import ViewMaker
 
 PARITY = Path(__file__).resolve().parents[1] / "benchmarks" / "parity"
 

@@ -5,11 +5,13 @@ warns before any work."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
 
 import torch
+from cli_helpers import fsync_refused, golden, run_dirs, smoke
 from conftest import cli_command
 
 from pllbench.cli import main
@@ -45,8 +47,9 @@ class FakeTerminal(io.StringIO):
 def test_a_run_on_a_terminal_shows_its_epoch_on_the_bar(smoke_cache, tmp_path, monkeypatch):
     import tqdm
 
-    from pllbench.prepare import prepare
-    from pllbench.trainer import resolve_run_config, run_id, train_run
+    from pllbench.data.prepare import prepare
+    from pllbench.train.loop import resolve_run_config, train_run
+    from pllbench.train.runconfig import run_id
 
     prep = prepare("synthetic", "smoke", 0, cache=smoke_cache, device=torch.device("cpu"), echo=lambda *_: None)
     config = resolve_run_config(prep, "proden", 0, {})
@@ -65,12 +68,12 @@ def test_a_run_on_a_terminal_shows_its_epoch_on_the_bar(smoke_cache, tmp_path, m
 
 
 def test_the_paper_preset_on_a_cpu_warns_before_any_work(monkeypatch, capsys, tmp_path):
-    import pllbench.prepare
+    import pllbench.data.prepare
 
     def no_work(*_args, **_kwargs):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(pllbench.prepare, "prepare", no_work)
+    monkeypatch.setattr(pllbench.data.prepare, "prepare", no_work)
     main(["run", "--methods", "proden", "--dataset", "fmnist", "--preset", "paper", "--device", "cpu", "--runs",
           str(tmp_path / "runs")])
     err = capsys.readouterr().err.splitlines()
@@ -81,3 +84,64 @@ def test_the_paper_preset_on_a_cpu_warns_before_any_work(monkeypatch, capsys, tm
     assert "3 epochs of resnet18c" in capsys.readouterr().err
     main(["run", "--methods", "proden", *SMOKE, "--runs", str(tmp_path / "runs")])
     assert "warning: preset" not in capsys.readouterr().err
+
+
+def test_header_estimate_and_epoch_lines(capsys, smoke_cache, tmp_path):
+    """One header line before training, one wall-time estimate after the first steps, one line per epoch without a
+    TTY (pytest's captured stderr is not one); snapshot of the header and of one epoch line."""
+    runs = tmp_path / "runs"
+    assert main(smoke(smoke_cache, runs, "--methods", "dirk")) == 0
+    err = capsys.readouterr().err
+    (run_dir,) = run_dirs(runs)
+    headers = [line for line in err.splitlines() if "train /" in line]
+    estimates = [line for line in err.splitlines() if "estimated wall time" in line]
+    epochs = [line for line in err.splitlines() if ": epoch " in line]
+    assert len(headers) == 1 and len(estimates) == 1 and len(epochs) == 2, err
+    assert err.index(headers[0]) < err.index(estimates[0]) < err.index(epochs[0])
+    assert "warning" not in estimates[0]  # only the paper preset on a CPU warns
+
+    def normal(text: str) -> str:
+        text = text.replace(str(runs.resolve()), "<runs>")
+        text = re.sub(r"-s0-[0-9a-f]{8}", "-s0-<h8>", text)
+        return re.sub(r"\d+\.\d+", "<x>", text)
+
+    golden("run_header_and_epoch.txt", normal(headers[0]) + "\n" + normal(epochs[0]) + "\n")
+    assert re.fullmatch(r"synthetic-smoke/dirk-s0-[0-9a-f]{8}: epoch 1/2  test_acc \d+\.\d\d%  "
+                        r"loss \d+\.\d{4}  \d+\.\d s", epochs[0])
+
+
+def test_paper_on_a_cpu_warns_with_the_estimate_and_names_the_cpu_preset():
+    from pllbench.train.loop import wall_time_line
+
+    config = {"method": "dirk", "seed": 0, "dataset": {"name": "cifar10", "options": {}},
+              "preset": {"name": "paper", "epochs": 500}}
+    line = wall_time_line(config, "cpu", 0.5, 20, 781, 500)
+    assert line.startswith("warning: ") and "estimated wall time 54:14:10" in line and "--preset quick" in line
+    assert not wall_time_line(config, "cuda", 0.5, 20, 781, 500).startswith("warning")
+
+
+def test_progress_bar_shows_accuracy_and_loss_on_a_terminal(capsys, monkeypatch, smoke_cache, tmp_path):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(smoke(smoke_cache, tmp_path / "runs", "--methods", "cc")) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"test_acc \d+\.\d\d% loss \d+\.\d{4}", err), err
+    assert not [line for line in err.splitlines() if line.startswith("epoch ")]
+
+
+def test_resumed_run_says_so_and_the_table_says_what_it_shows(capsys, monkeypatch, smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    argv = smoke(smoke_cache, runs, "--methods", "cc", "--seeds", "0,1", "--no-progress")
+    with monkeypatch.context() as mp:  # the disk fills while writing epoch 2's checkpoint of seed 1
+        mp.setattr(os, "fsync", fsync_refused("/cc-s1-", ".checkpoint-0002.pt."))
+        assert main(argv) == 2
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    resumed = [line for line in captured.err.splitlines() if "resuming from epoch" in line]
+    assert len(resumed) == 1 and "/cc-s1-" in resumed[0] and "resuming from epoch 1 (1/2 epochs done" in resumed[0]
+    out = captured.out.splitlines()
+    assert out[0] == "final-epoch test accuracy (%) on 32 test images; mean ± sample std over seeds", out
+    assert re.search(r"\| cc \| synthetic:train=64,test=32 \| \d+\.\d\d ± \d+\.\d\d \| 2 \| 0,1 \|", out[-1])
+    assert main(smoke(smoke_cache, runs, "--methods", "cc", "--seeds", "1", "--no-progress")) == 0
+    out = capsys.readouterr().out
+    assert "±" not in out and "final-epoch test accuracy (%) on 32 test images" in out

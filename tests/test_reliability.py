@@ -18,7 +18,7 @@ from conftest import cli_command
 from pllbench import method as registry
 from pllbench.cli import main
 from pllbench.method import ClassifierMethod, register_method
-from pllbench.runs import read_attempts
+from pllbench.train.runs import read_attempts
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for part in ("pllbench", "methods", "datasets", "benchmarks") for p in (ROOT / part).rglob("*.py"))

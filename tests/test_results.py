@@ -9,7 +9,7 @@ import pytest
 from test_leaderboard import ENV, enrich, ent, fake_run
 
 from pllbench.cli import main
-from pllbench.results import COLUMNS, load_runs, parse_top_column, top_column
+from pllbench.leaderboard.results import COLUMNS, load_runs, parse_top_column, top_column
 from pllbench.util import atomic_write_json
 
 

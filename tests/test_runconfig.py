@@ -1,6 +1,6 @@
-"""RunConfig (pllbench/runconfig.py): one resolution of a run that the trainer, the grid and `status`, the leaderboard
-and `entangle` all agree on; hyperparameter declarations (type, range, views) checked at resolve time; the artifact
-store in the method context; a regression test for each drift the single resolution removed."""
+"""RunConfig (pllbench/train/runconfig.py): one resolution of a run that the trainer, the grid and `status`, the
+leaderboard and `entangle` all agree on; hyperparameter declarations (type, range, views) checked at resolve time; the
+artifact store in the method context; a regression test for each drift the single resolution removed."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import random
 
 import pytest
 import torch
+from cli_helpers import DATA, error_line, run_dirs, smoke
 from conftest import smoke_run
 
-from pllbench import trainer
 from pllbench.artifacts import ArtifactStore
+from pllbench.cad_edits.edits import build_edits, edits_key
 from pllbench.cli import main
-from pllbench.edits import build_edits, edits_key
+from pllbench.data.prepare import prepare
+from pllbench.entangle.extractors import load_run_method
 from pllbench.errors import PllbenchError
-from pllbench.extractors import load_run_method
-from pllbench.grid import GridSpec
-from pllbench.grid_file import load_grid_file
-from pllbench.grid_status import grid_status
+from pllbench.grid.file import load_grid_file
+from pllbench.grid.jobs import GridSpec
+from pllbench.grid.status import grid_status
+from pllbench.leaderboard.results import load_runs, row_label
 from pllbench.method import (
     HP,
     MethodContext,
@@ -30,13 +32,12 @@ from pllbench.method import (
     parse_hp_overrides,
     resolve_hparams,
 )
-from pllbench.prepare import prepare
 from pllbench.presets import method_overrides, resolve_preset
-from pllbench.results import load_runs, row_label
-from pllbench.runconfig import RunConfig
-from pllbench.runs import scan
+from pllbench.train import loop as trainer
+from pllbench.train.runconfig import RunConfig, run_id
+from pllbench.train.runs import scan
 from pllbench.util import key_hash
-from pllbench.views import run_view_maker
+from pllbench.views.maker import run_view_maker
 
 CPU = torch.device("cpu")
 # Hyperparameters a random draw leaves alone: sizes tied to each other or to the batch, and the edit source.
@@ -100,10 +101,10 @@ def test_random_configs_agree_across_trainer_grid_status_results_and_entangle(sm
             if key in ("lr", "momentum", "weight_decay", "eta_min", "batch_size"):
                 assert run.preset[key] == value
                 assert (f"{key}={value}" in run.label) == (value != preset[key]), run.label
-        run_dir = runs / trainer.run_id(config)
+        run_dir = runs / run_id(config)
         trainer.write_config(run_dir, run, CPU)
         on_disk = json.loads((run_dir / "config.json").read_text())
-        assert trainer.run_id(on_disk) == f"{run_dir.parent.name}/{run_dir.name}" == run.run_id
+        assert run_id(on_disk) == f"{run_dir.parent.name}/{run_dir.name}" == run.run_id
         assert RunConfig.from_json(on_disk) == run
         # entangle rebuilds the method the trainer built: same hyperparameters, views, context and artifact store
         cands = torch.from_numpy(prep.candidates.matrix).float()
@@ -161,7 +162,7 @@ def test_a_run_folder_is_named_by_the_run_id_of_its_own_config_json(smoke_cache,
         final, run_dir, _ = smoke_run(method, smoke_cache, tmp_path / "runs", **kwargs)
         config = json.loads((run_dir / "config.json").read_text())
         rel = f"{run_dir.parent.name}/{run_dir.name}"
-        assert trainer.run_id(config) == rel == final["run"] == RunConfig.from_json(config).run_id
+        assert run_id(config) == rel == final["run"] == RunConfig.from_json(config).run_id
         assert "environment" in config and _legacy_run_id(config) != rel  # the old function missed it
 
 
@@ -183,11 +184,11 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
         legacy["candidates"] = {k: v for k, v in config["candidates"].items() if k != "seed"}
         # keys declared after these runs were made, at the value the runs had (HP.implicit), are not hashed
         legacy["hparams"] = {k: v for k, v in config["hparams"].items() if k != "weight_lookup"}
-        assert trainer.run_id(config) == _legacy_run_id(legacy)
+        assert run_id(config) == _legacy_run_id(legacy)
         assert config["preset"]["method_hparams"] == own[method]  # only the entries that apply to the method
         old = dict(config, preset=dict(config["preset"], method_hparams=whole))  # recorded before the narrowing
         assert RunConfig.from_json(old).run_id == _legacy_run_id(
-            dict(legacy, preset=old["preset"])) != trainer.run_id(config)  # an old folder keeps its own id
+            dict(legacy, preset=old["preset"])) != run_id(config)  # an old folder keeps its own id
         assert RunConfig.from_json(old).signature == RunConfig.from_json(config).signature  # and is the same run
     quick = {  # quick's ids changed once, with teacher_init
         "*": {"queue_size": 2048}, "cel": {"dim": 64, "heads": 4, "ffn": 128, "warmup_epochs": 7},
@@ -196,7 +197,7 @@ def test_run_ids_of_existing_runs_are_unchanged(smoke_cache):
     table = resolve_preset("quick", "fmnist")["method_hparams"]
     assert {k: table[k] for k in quick} == quick
     assert resolve_preset("paper", "cifar10")["method_hparams"] == {}
-    assert trainer.run_id(trainer.resolve_run_config(prep, "dirk", 0, {}, bf16=True)) != trainer.run_id(
+    assert run_id(trainer.resolve_run_config(prep, "dirk", 0, {}, bf16=True)) != run_id(
         trainer.resolve_run_config(prep, "dirk", 0, {}))
 
 
@@ -376,3 +377,28 @@ def test_overrides_have_one_form(tmp_path):
     assert spec.id == key_hash({"methods": ["dirk", "proden"], "datasets": ["synthetic"], "seeds": [0],
                                 "preset": "smoke", "epochs": None, "hp": form, "val_fraction": 0.0,
                                 "candidate_seed": None}, 10)
+
+
+def test_optimisation_settings_are_settable_and_part_of_the_run_id(capsys, smoke_cache, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(smoke(smoke_cache, runs, "--methods", "cc", "--epochs", "1", "--no-progress")) == 0
+    assert main(smoke(smoke_cache, runs, "--methods", "cc", "--no-progress", "--hp", "lr=0.01", "--hp",
+                      "batch_size=8", "--hp", "weight_decay=0", "--hp", "epochs=1")) == 0
+    folders = run_dirs(runs, "cc")
+    assert len(folders) == 2, folders
+    configs = {d: json.loads((d / "config.json").read_text()) for d in folders}
+    changed = next(d for d, c in configs.items() if c["preset"]["lr"] == 0.01)
+    default = next(d for d in folders if d != changed)
+    assert configs[changed]["preset"]["batch_size"] == 8 and configs[changed]["preset"]["weight_decay"] == 0.0
+    assert configs[changed]["preset"]["epochs"] == 1 and configs[default]["preset"]["lr"] == 0.05
+    assert "1 epoch of 8 steps (batch 8)" in capsys.readouterr().err  # the header: 64 rows in batches of 8
+    # status finds the run with the overrides (its signature includes them)
+    assert main(["status", "--runs", str(runs), "--methods", "cc", "--dataset", DATA, "--preset", "smoke",
+                 "--hp", "lr=0.01", "--hp", "batch_size=8", "--hp", "weight_decay=0", "--epochs", "1"]) == 0
+    assert "done 1 ·" in capsys.readouterr().out
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--hp", "cc.lr=0.1"),
+               "--hp cc.lr", "pass --hp lr=0.1 without a method")
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--hp", "lr=-1"), "--hp lr=-1", "> 0")
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--hp", "batch_size=2.5"), "an integer >= 1")
+    error_line(capsys, smoke(smoke_cache, runs, "--methods", "cc", "--epochs", "2", "--hp", "epochs=3"),
+               "disagree")

@@ -13,7 +13,7 @@ from conftest import cli_command
 
 from pllbench.cli import main
 from pllbench.interrupts import Terminated
-from pllbench.runs import LOCK, lock_owner, read_attempts
+from pllbench.train.runs import LOCK, lock_owner, read_attempts
 
 SMOKE = ["--dataset", "synthetic", "--preset", "smoke", "--device", "cpu"]
 # 64 steps an epoch: the signal, sent once the first epoch is saved, lands well before the run could finish
@@ -90,12 +90,12 @@ def test_sigterm_stops_every_worker_of_a_grid(smoke_cache, tmp_path):
 @pytest.mark.parametrize("raised,code,name", [(KeyboardInterrupt, 130, "SIGINT"), (Terminated, 143, "SIGTERM")])
 def test_the_interrupted_message_prints(raised, code, name, monkeypatch, capsys):
     """click turns a KeyboardInterrupt into its Abort: the message must still be ours, with the exit code."""
-    import pllbench.launchers
+    import pllbench.grid.launchers
 
     def interrupted(*_args, **_kwargs):
         raise raised()
 
-    monkeypatch.setattr(pllbench.launchers, "launch", interrupted)
+    monkeypatch.setattr(pllbench.grid.launchers, "launch", interrupted)
     assert main(["run", "--methods", "proden", *SMOKE]) == code
     err = capsys.readouterr().err
     assert nonblank(err)[-1] == f"error: interrupted ({name}); finished work is kept, rerun the same command to resume"

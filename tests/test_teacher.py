@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import cli_command
 
+from pllbench.data.prepare import prepare
 from pllbench.errors import PllbenchError
-from pllbench.prepare import prepare
 from pllbench.util import sha256_file
 
 CPU = torch.device("cpu")
@@ -106,7 +106,7 @@ def test_bundles_carry_exact_candidate_sets_between_caches(tmp_path):
 
 
 def test_an_import_never_overwrites_another_teacher_and_damaged_bundles_are_refused(tmp_path):
-    from pllbench.bundle import export_bundle, import_bundle
+    from pllbench.data.bundle import export_bundle, import_bundle
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     path = prepare("synthetic", "smoke", 0, cache=src, device=CPU, echo=lambda *_: None).candidates.path

@@ -11,19 +11,19 @@ import torch
 from conftest import smoke_run
 from test_views_batched import no_host_reads
 
-from pllbench.machine import peak_memory_mb, reset_peak_memory
+from pllbench.data.prepare import prepare
+from pllbench.leaderboard.results import peak_memory
 from pllbench.method import MethodContext, get_method, parse_hp_overrides
-from pllbench.prepare import prepare
-from pllbench.results import peak_memory
-from pllbench.trainer import (
+from pllbench.train.loop import (
     compile_backbones,
     make_batch,
     resolve_run_config,
-    run_id,
     throughput_summary,
     train_step,
 )
-from pllbench.views import ViewMaker
+from pllbench.train.machine import peak_memory_mb, reset_peak_memory
+from pllbench.train.runconfig import run_id
+from pllbench.views.maker import ViewMaker
 
 
 def _method(name, smoke_cache):

@@ -13,14 +13,14 @@ import pytest
 import torch
 from conftest import cli_command
 
-from pllbench import prepare as prepare_module
 from pllbench.cli import main
+from pllbench.data import prepare as prepare_module
 from pllbench.errors import PllbenchError
-from pllbench.runconfig import RunConfig
-from pllbench.runs import read_attempts, read_curves
-from pllbench.tune import TRIALS_ROOT, StudySpec, budget_used, existing_study, run_studies, storage_url
+from pllbench.train.runconfig import RunConfig
+from pllbench.train.runs import read_attempts, read_curves
+from pllbench.tune.study import TRIALS_ROOT, StudySpec, budget_used, existing_study, run_studies, storage_url
+from pllbench.tune.trial import params_text
 from pllbench.tune_space import choice, log_uniform, uniform
-from pllbench.tune_trial import params_text
 
 DATA = "synthetic:train=64,test=32"  # 3 steps of 16 per epoch after a 0.25 validation split: seconds per trial
 
@@ -199,7 +199,7 @@ def study_on(labels: str, runs: Path, cache: Path, monkeypatch, trials: int = 4)
     """A proden study on the smoke data, with the true labels as they are or scrambled ("scrambled": random train
     AND test labels, drawn after the candidates exist); returns its snapshot."""
     from pllbench.datasets.synthetic import Synthetic
-    from pllbench.grid import RunEnv
+    from pllbench.grid.jobs import RunEnv
 
     original = Synthetic.load
 
@@ -231,7 +231,7 @@ def test_selection_never_reads_the_test_split_or_a_true_label(smoke_cache, tmp_p
     hidden = study_on("scrambled", tmp_path / "scrambled", smoke_cache, monkeypatch)
     assert clean == hidden and any(state == "COMPLETE" for _, _, state, _, _ in clean)
 
-    from pllbench import tune_trial
+    from pllbench.tune import trial as tune_trial
 
     real_init = tune_trial.Reporter.__init__
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pllbench.data import DatasetInfo
-from pllbench.views import ViewMaker, erase_square, hflip, pad_crop, random_resized_crop
+from pllbench.data.registry import DatasetInfo
+from pllbench.views.maker import ViewMaker, erase_square, hflip, pad_crop, random_resized_crop
 
 
 def maker(family="28", size=28, channels=1):

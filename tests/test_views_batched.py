@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from pllbench import autoaugment, batch_ops, views
-from pllbench.autoaugment import AUG_OPS, OP, RAND_AUGMENT_OPS, SIGNED_OPS, apply_ops, magnitude_bins
+from pllbench.views import autoaugment, batch_ops
+from pllbench.views import maker as views
+from pllbench.views.autoaugment import AUG_OPS, OP, RAND_AUGMENT_OPS, SIGNED_OPS, apply_ops, magnitude_bins
 
 CPU = torch.device("cpu")
 

@@ -24,7 +24,7 @@ import torch
 
 from pllbench.errors import PllbenchError
 from pllbench.nets import SupConNet, build_backbone
-from pllbench.runconfig import RunConfig
+from pllbench.train.runconfig import RunConfig
 from pllbench.util import atomic_write_text
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pllbench.leaderboard_compare import read_final_predictions
-from pllbench.runs import read_curves, read_json
+from pllbench.leaderboard.compare import read_final_predictions
+from pllbench.train.runs import read_curves, read_json
 from pllbench.util import atomic_write_text
 
 

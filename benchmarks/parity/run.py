@@ -24,11 +24,11 @@ import torch
 from harness import ParityInputs, check_checkout, checkout_commit, run_official
 from report import pllbench_side, summary, write_report
 
+from pllbench.data.prepare import prepare
 from pllbench.errors import PllbenchError
 from pllbench.method import UNSCOPED, parse_hp_overrides
-from pllbench.prepare import prepare
-from pllbench.runconfig import RunConfig
-from pllbench.runs import inside_root, read_json, read_jsonl
+from pllbench.train.runconfig import RunConfig
+from pllbench.train.runs import inside_root, read_json, read_jsonl
 from pllbench.util import atomic_write_json, cache_root
 
 ADAPTERS = {"able": able}

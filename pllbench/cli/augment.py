@@ -1,11 +1,11 @@
-"""`pllbench augment`: CAD's class-specific InstructPix2Pix edits of a run's candidates (pllbench.augment does the
-work; this module holds only the command)."""
+"""`pllbench augment`: CAD's class-specific InstructPix2Pix edits of a run's candidates (pllbench.cad_edits.augment does
+the work; this module holds only the command)."""
 
 from __future__ import annotations
 
 import click
 
-from ..augment import DEFAULT_MODEL, RESOLUTION, TINY, augment
+from ..cad_edits.augment import DEFAULT_MODEL, RESOLUTION, TINY, augment
 from ..errors import PllbenchError
 from ..wording import plural
 from .common import DEFAULT_PRESET, data_options, echo_err, parse_device

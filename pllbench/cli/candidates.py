@@ -46,14 +46,14 @@ def candidates(dataset, preset, seed_text, export_path, import_path, data_root, 
     if import_path:
         if dataset or export_path:
             raise PllbenchError("--import takes no --dataset or --export; it adds a bundle's artifacts to the cache")
-        from ..bundle import import_bundle
+        from ..data.bundle import import_bundle
 
         for kind, digest, status in import_bundle(cache, Path(import_path)):
             click.echo(f"{kind} {digest}: {'imported' if status == 'added' else 'already in the cache, identical'}")
         return
     if not dataset:
         raise PllbenchError("pass --dataset NAME (or --import FILE)")
-    from ..prepare import prepare
+    from ..data.prepare import prepare
 
     seeds = parse_seeds(seed_text)
     paths = []
@@ -66,7 +66,7 @@ def candidates(dataset, preset, seed_text, export_path, import_path, data_root, 
         click.echo(f"seed {seed}: candidates {prep.candidates.hash}, teacher {prep.teacher_hash} (artifact: "
                    f"{prep.candidates.path})")
     if export_path:
-        from ..bundle import export_bundle
+        from ..data.bundle import export_bundle
 
         index = export_bundle(cache, paths, Path(export_path))
         click.echo(f"exported {plural(len(index['artifacts']), 'artifact')} to {export_path}")

@@ -34,7 +34,7 @@ def parse_device(name: str | None):
     """--device as a torch.device (default: cuda when available); a missing CUDA is refused in one line."""
     import torch
 
-    from ..prepare import default_device
+    from ..data.prepare import default_device
 
     if not name:
         return default_device()

@@ -39,8 +39,8 @@ def describe_method(name: str, preset: str, dataset: str | None = None) -> str:
     """Every hyperparameter of a method (type, default, range, search space of `pllbench tune`, the preset's value,
     meaning), then the run's optimisation settings under the preset (lr and weight decay: one space for every
     method)."""
-    from ..data import get_dataset
-    from ..grid import OPTIM_KEYS
+    from ..data.registry import get_dataset
+    from ..grid.jobs import OPTIM_KEYS
     from ..method import get_method, resolve_hparams
     from ..presets import PRESETS, method_overrides, preset_datasets, resolve_preset
     from ..tune_space import OPTIM_SPACE

@@ -1,5 +1,6 @@
 """`pllbench entangle`: build (or reuse) the entangled subsets of a split and score every finished run on them
-(pllbench.entangle finds the pairs, pllbench.entangle_report scores the runs; this module holds only the command)."""
+(pllbench.entangle.pairs finds the pairs, pllbench.entangle.report scores the runs; this module holds only the
+command)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..entangle import DEFAULT_BLOCK, DEFAULT_THRESHOLDS, DEFAULT_TOP
+from ..entangle.pairs import DEFAULT_BLOCK, DEFAULT_THRESHOLDS, DEFAULT_TOP
 from ..errors import PllbenchError
 from ..wording import plural
 from .common import DEFAULT_PRESET, common_data_options, echo_err, parse_device, runs_option, runs_root
@@ -19,7 +20,7 @@ def parse_top_option(text: str) -> list[str]:
     from decimal import Decimal
     from fractions import Fraction
 
-    from ..entangle import parse_top
+    from ..entangle.pairs import parse_top
 
     top = parse_top(text)
     values = [Fraction(Decimal(item.strip())) for item in str(text).split(",") if item.strip()]
@@ -31,7 +32,7 @@ def parse_top_option(text: str) -> list[str]:
 
 def parse_threshold_option(text: str) -> list[float]:
     """--threshold's cosines, each in [-1, 1]; a repeated one is merged with a one-line warning."""
-    from ..entangle import parse_thresholds
+    from ..entangle.pairs import parse_thresholds
 
     taus = parse_thresholds(text)
     outside = [t for t in taus if not -1 <= t <= 1]
@@ -89,10 +90,10 @@ def entangle(dataset, preset, top, split, extractor, thresholds, runs_dir, plots
     import numpy as np
     import torch
 
-    from ..entangle import get_subsets, parse_thresholds, parse_top
-    from ..entangle_report import analysis_key, earlier_analysis, render_report, score_runs, write_plots
-    from ..extractors import make_extractor, teacher_extractor
-    from ..prepare import load_data
+    from ..data.prepare import load_data
+    from ..entangle.extractors import make_extractor, teacher_extractor
+    from ..entangle.pairs import get_subsets, parse_thresholds, parse_top
+    from ..entangle.report import analysis_key, earlier_analysis, render_report, score_runs, write_plots
     from ..presets import resolve_preset
     from ..util import cache_root
 

@@ -14,7 +14,7 @@ def export_table(root: Path, out: Path, fmt: str) -> int:
     """Write load_runs(root) to `out` (atomically) as csv or parquet; returns the number of rows."""
     import io
 
-    from ..results import load_runs
+    from ..leaderboard.results import load_runs
     from ..util import atomic_write_bytes, atomic_write_text
 
     frame = load_runs(root)

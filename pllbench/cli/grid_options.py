@@ -109,7 +109,7 @@ def grid_spec_options(fn):
 
 def merged_hp(file_hp: dict, hp_items, epochs: int | None) -> tuple[dict, int | None]:
     """The grid file's hp tables updated by --hp items, checked; `--hp epochs=N` is `--epochs N`."""
-    from ..grid import check_optim
+    from ..grid.jobs import check_optim
     from ..hparams import repeated_hp_keys
     from ..method import parse_hp_overrides
 
@@ -128,8 +128,8 @@ def merged_hp(file_hp: dict, hp_items, epochs: int | None) -> tuple[dict, int | 
 
 def grid_spec(given: GridOptions, required: bool = True):
     """(GridSpec or None when nothing names a grid and `required` is false, launch fields of the grid file)."""
-    from ..grid import GridSpec, split_datasets
-    from ..grid_file import load_grid_file
+    from ..grid.file import load_grid_file
+    from ..grid.jobs import GridSpec, split_datasets
     from ..method import method_names
 
     if given.preset is not None and not given.preset.strip():

@@ -26,9 +26,9 @@ from .common import runs_option, runs_root
 def leaderboard(runs_dir, out, preset, datasets, methods, compare, cache_dir):
     """Markdown (and CSV) leaderboards: methods × datasets, mean ± std over seeds, references (oracle, teacher),
     paired comparisons, paper reference rows."""
-    from ..grid import split_datasets
-    from ..leaderboard import write_leaderboards
-    from ..leaderboard_compare import parse_comparisons
+    from ..grid.jobs import split_datasets
+    from ..leaderboard.build import write_leaderboards
+    from ..leaderboard.compare import parse_comparisons
     from ..method import method_names
     from ..util import cache_root
     from .grid_options import parse_list

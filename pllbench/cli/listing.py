@@ -18,7 +18,7 @@ def first_doc_line(obj) -> str:
 @click.command("list")
 def list_cmd():
     """List methods, datasets and presets."""
-    from ..data import dataset_names, get_dataset
+    from ..data.registry import dataset_names, get_dataset
     from ..method import get_method, method_names
     from ..presets import PRESETS, preset_datasets
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from .. import machine
+from ..cad_edits.edits import identity_editor_note
 from ..errors import PllbenchError
+from ..train import machine
 from ..wording import plural
 from .common import common_data_options, echo_err, parse_device, runs_option, runs_root
 from .grid_options import GridOptions, grid_spec_options
@@ -59,36 +60,9 @@ def failure_summary(failed: list[dict], corrupt: list[dict], total: int) -> str:
     return "; ".join(parts)
 
 
-def identity_editor_note(spec) -> str | None:
-    """One line, at the start of a run, when a CAD-family job trains with the identity (control) editor."""
-    from ..data import get_dataset
-    from ..edits import augment_command
-    from ..method import get_method, resolve_hparams
-    from ..presets import method_overrides, resolve_preset
-
-    labels: dict[str, str] = {}
-    where = None
-    for dataset in spec.datasets:
-        name = get_dataset(dataset).info().name
-        cfg = resolve_preset(spec.preset, name)
-        for method in spec.methods:
-            cls = get_method(method)
-            hp = resolve_hparams(cls, name, method_overrides(cfg, cls.name, cls.family), spec.hp)
-            if hp.get("editor") == "identity" and hp.get("align_weight", 0) > 0:
-                labels.setdefault(method, cls.run_label(hp))
-                where = where or dataset
-    if not labels:
-        return None
-    seed = spec.candidate_seed if spec.candidate_seed is not None else spec.seeds[0]
-    return (f"CAD uses the identity editor (a control: no InstructPix2Pix edits) for {', '.join(labels)} under "
-            f"preset {spec.preset}: every edit is the unedited image, so the results are labelled "
-            f"{', '.join(labels.values())} and are not the paper's CAD; for the paper's edits run "
-            f"`{augment_command(where, spec.preset, seed, 'ip2p')}` and add --hp editor=ip2p")
-
-
 def launch_options(file_launch: dict, launcher, workers, address, gpus_per_job, cpus_per_job):
     """The launcher settings: an option given on the command line, else the grid file's, else the default."""
-    from ..launchers import LaunchOptions
+    from ..grid.launchers import LaunchOptions
 
     return LaunchOptions(launcher=launcher or file_launch.get("launcher", "local"),
                          workers=workers or file_launch.get("workers"),
@@ -145,11 +119,11 @@ def run(ctx, grid: GridOptions, launcher, workers, address, gpus_per_job, cpus_p
     """Run a grid (methods × datasets × seeds) under a preset (default paper): finished jobs are skipped,
     interrupted ones resume, failed ones are recorded without stopping the grid; then print a table of final-epoch
     test accuracies and, when jobs failed, one summary line (each failed job also prints one line as it fails)."""
-    from ..grid import RunEnv
-    from ..grid_records import GRIDS_DIR, forget_grid, record_grid
-    from ..launchers import launch
-    from ..run_messages import paper_on_cpu_warning
-    from ..runs import JOBS_DIR
+    from ..grid.jobs import RunEnv
+    from ..grid.launchers import launch
+    from ..grid.records import GRIDS_DIR, forget_grid, record_grid
+    from ..train.messages import paper_on_cpu_warning
+    from ..train.runs import JOBS_DIR
     from ..util import cache_root
 
     spec, file_launch = grid.spec()

@@ -16,7 +16,7 @@ def status(grid: GridOptions, runs_dir):
     measured epoch times (failed and corrupt jobs are not pending and not in the ETA).
 
     Without grid options: every grid `pllbench run` recorded under the results root, then folders of no grid."""
-    from ..grid_status import status_report
+    from ..grid.status import status_report
 
     spec, _ = grid.spec(required=False)
     click.echo(status_report(runs_root(runs_dir), spec))

@@ -20,7 +20,7 @@ def final_seeds(text: str) -> list[int]:
 
 def study_specs(methods, dataset, preset, select, seed, epochs, val_fraction, sampler, pruner, hp_items) -> list:
     from ..method import method_names, parse_hp_overrides
-    from ..tune import StudySpec
+    from ..tune.study import StudySpec
 
     names = merge_duplicates(parse_list(methods, method_names(), "method"), "method")
     hp = parse_hp_overrides(list(hp_items))
@@ -32,7 +32,7 @@ def study_specs(methods, dataset, preset, select, seed, epochs, val_fraction, sa
 
 
 def measured_cost(studies, trials_root: Path) -> str:
-    from ..tune_report import compute_text, trial_rows
+    from ..tune.report import compute_text, trial_rows
 
     parts = []
     for _, study in studies:
@@ -80,11 +80,11 @@ def tune(ctx, methods, dataset, preset, trials, criterion, seed, sampler, pruner
     weight decay and each method's declared search spaces (`pllbench describe METHOD`); each trial is an ordinary
     run with a candidate-only validation split, selected by a label-free criterion; then the chosen configuration
     and the defaults train on the final seeds, and the tuned board prints."""
-    from ..cost import tune_estimate
-    from ..grid import RunEnv
-    from ..launchers import LaunchOptions, launch
-    from ..tune import TRIALS_ROOT, existing_study, final_jobs, open_study, run_studies, storage_url
-    from ..tune_report import render
+    from ..grid.jobs import RunEnv
+    from ..grid.launchers import LaunchOptions, launch
+    from ..tune.cost import tune_estimate
+    from ..tune.report import render
+    from ..tune.study import TRIALS_ROOT, existing_study, final_jobs, open_study, run_studies, storage_url
     from ..util import cache_root
 
     specs = study_specs(methods, dataset, preset, criterion, seed, epochs, val_fraction, sampler, pruner, hp_items)
